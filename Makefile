@@ -1,0 +1,29 @@
+# One virtual environment in .venv; every target builds it first if needed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	# torch CPU first: 2.13.0 is the local CPU build; anything else pulls CUDA wheels.
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) -m modrwkv_jax.demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_wkv7.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

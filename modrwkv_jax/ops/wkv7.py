@@ -1,0 +1,96 @@
+"""The WKV-7 operator: RWKV-7's generalised delta-rule recurrence (DESIGN §2.1).
+
+Per batch element and head, with the state h[key, value] (h = Sᵀ of the official S[value, key]):
+
+    h_t   = diag(exp(log_w_t)) h_{t-1} + b_t (a_tᵀ h_{t-1}) + k_t v_tᵀ
+    out_t = h_tᵀ r_t
+
+`wkv7` is the single public entry point. It validates shapes once and dispatches to an
+implementation by name; implementations register themselves in `_IMPLS` and all share the signature
+`fn(r, log_w, k, v, a, b, initial_state, chunk_size) -> (out, final_state)` with a float32 state.
+
+  reference  `lax.scan` over time; the numerical ground truth for every faster implementation.
+
+`impl="auto"` picks the fastest implementation registered for the current backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def wkv7_reference(r, log_w, k, v, a, b, initial_state, chunk_size=None):
+  """Sequential WKV-7: one `lax.scan` step per token, float32 state.
+
+  Args:
+    r, log_w, k, v, a, b: float[B, T, H, N]; log_w <= 0 is the natural log of the decay.
+    initial_state: float32[B, H, N, N], layout [key, value].
+    chunk_size: unused (the scan has no chunks); accepted for a uniform signature.
+  Returns:
+    (out float[B, T, H, N] in v.dtype, final_state float32[B, H, N, N]).
+  """
+  del chunk_size
+  f32 = lambda x: jnp.moveaxis(x.astype(jnp.float32), 1, 0)  # [T, B, H, N]
+  xs = tuple(f32(x) for x in (r, log_w, k, v, a, b))
+
+  def step(h, x):
+    r_t, lw_t, k_t, v_t, a_t, b_t = x  # each [B, H, N]
+    a_h = jnp.einsum("bhk,bhkv->bhv", a_t, h)  # aᵀ h_{t-1}
+    h = (jnp.exp(lw_t)[..., None] * h + b_t[..., None] * a_h[..., None, :]
+         + k_t[..., None] * v_t[..., None, :])
+    out = jnp.einsum("bhk,bhkv->bhv", r_t, h)
+    return h, out
+
+  final_state, out = jax.lax.scan(step, initial_state.astype(jnp.float32), xs)
+  return jnp.moveaxis(out, 0, 1).astype(v.dtype), final_state
+
+
+# name -> implementation. Faster implementations (chunked, pallas) add themselves here.
+_IMPLS: dict[str, Callable] = {"reference": wkv7_reference}
+# Preference order for impl="auto", per backend; the first registered name wins.
+_AUTO_ORDER = {"gpu": ("pallas", "chunked", "reference"),
+               "tpu": ("pallas", "chunked", "reference"),
+               "cpu": ("chunked", "reference")}
+
+
+def available_impls() -> tuple[str, ...]:
+  return tuple(_IMPLS)
+
+
+def resolve_impl(impl: str) -> str:
+  """Maps "auto" to a registered implementation for the default backend; validates names."""
+  if impl == "auto":
+    order = _AUTO_ORDER.get(jax.default_backend(), ("reference",))
+    return next(name for name in order if name in _IMPLS)
+  if impl not in _IMPLS:
+    raise ValueError(f"wkv7: unknown impl {impl!r}; available: {', '.join(('auto',) + available_impls())}")
+  return impl
+
+
+def wkv7(r, log_w, k, v, a, b, initial_state=None, *, impl: str = "auto", chunk_size: int = 16):
+  """RWKV-7 WKV recurrence over a sequence.
+
+  Args:
+    r, log_w, k, v, a, b: float[B, T, H, N] (fp32 or bf16). log_w <= 0 is the natural log of the
+      per-channel decay (RWKV-7 keeps it in (-0.607, 0)); never pass the decay itself.
+    initial_state: float32[B, H, N, N] in layout [key, value], or None for zeros.
+    impl: "auto", or a name from `available_impls()`.
+    chunk_size: chunk length for chunked implementations.
+  Returns:
+    (out float[B, T, H, N] with the dtype of v, final_state float32[B, H, N, N]).
+  """
+  names = ("r", "log_w", "k", "v", "a", "b")
+  arrays = (r, log_w, k, v, a, b)
+  for name, x in zip(names, arrays):
+    if x.ndim != 4 or x.shape != r.shape:
+      raise ValueError(f"wkv7: {name} has shape {tuple(x.shape)}; expected [B, T, H, N] = {tuple(r.shape)} like r")
+  batch, _, heads, size = r.shape
+  if initial_state is None:
+    initial_state = jnp.zeros((batch, heads, size, size), jnp.float32)
+  elif initial_state.shape != (batch, heads, size, size):
+    raise ValueError(f"wkv7: initial_state has shape {tuple(initial_state.shape)}; "
+                     f"expected [B, H, N, N] = {(batch, heads, size, size)}")
+  return _IMPLS[resolve_impl(impl)](r, log_w, k, v, a, b, initial_state, chunk_size)
