@@ -35,7 +35,7 @@ from modrwkv_jax.tensor_files import read_pth, read_safetensors_dir, write_pth
 # log_w = -exp(-0.5) * sigmoid(z) keeps the per-step decay exp(log_w) in (0.545, 1).
 DECAY_SCALE = math.exp(-0.5)  # 0.6065306597
 LN_EPS = 1e-5
-GN_EPS_PER_CHANNEL = 1e-5  # ln_x GroupNorm eps = head_size * 1e-5 = 64e-5 for N = 64
+GN_EPS = 64e-5  # ln_x GroupNorm eps = 1e-5 · head_size_divisor² (8²) in RWKV-LM, whatever the head size
 L2_EPS = 1e-12  # torch.nn.functional.normalize
 
 
@@ -301,7 +301,7 @@ class TimeMix(nn.Module):
       b_in, k_in, lw_in = jnp.where(m, b_in, 0), jnp.where(m, k_in, 0), jnp.where(m, lw_in, 0)
     out, new_wkv = wkv7(heads(r), lw_in, k_in, heads(v), a_in.astype(cd), b_in.astype(cd), wkv_state,
                         impl=cfg.wkv_impl, chunk_size=cfg.wkv_chunk_size)
-    out = HeadGroupNorm(N * GN_EPS_PER_CHANNEL, _const(init["ln_x"]), name="ln_x")(out)
+    out = HeadGroupNorm(GN_EPS, _const(init["ln_x"]), name="ln_x")(out)
     r_k = _param(self, "r_k", _const(init["r_k"]), (H, N), ("heads", "head_dim"))
     bonus = (heads(r).astype(jnp.float32) * heads(k).astype(jnp.float32) * r_k.astype(jnp.float32)).sum(-1, keepdims=True)
     out = out + (bonus * heads(v).astype(jnp.float32)).reshape(B, T, D)
