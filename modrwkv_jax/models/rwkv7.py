@@ -299,7 +299,10 @@ class TimeMix(nn.Module):
     if mask is not None:  # padding: decay 1, no write, no removal -> the state passes unchanged
       m = mask[:, :, None, None]
       b_in, k_in, lw_in = jnp.where(m, b_in, 0), jnp.where(m, k_in, 0), jnp.where(m, lw_in, 0)
-    out, new_wkv = wkv7(heads(r), lw_in, k_in, heads(v), a_in.astype(cd), b_in.astype(cd), wkv_state,
+    spec = ("batch", "length", "heads", "head_dim")
+    r_in, v_in, a_in, b_in, k_in, lw_in = (nn.with_logical_constraint(t, spec) for t in (
+        heads(r), heads(v), a_in.astype(cd), b_in.astype(cd), k_in, lw_in))
+    out, new_wkv = wkv7(r_in, lw_in, k_in, v_in, a_in, b_in, wkv_state,
                         impl=cfg.wkv_impl, chunk_size=cfg.wkv_chunk_size)
     out = HeadGroupNorm(GN_EPS, _const(init["ln_x"]), name="ln_x")(out)
     r_k = _param(self, "r_k", _const(init["r_k"]), (H, N), ("heads", "head_dim"))
@@ -392,14 +395,14 @@ class RWKV7(nn.Module):
     Returns:
       (logits float32[B, T, V], new RWKV7State).
     """
-    x = self.ln0(x.astype(self.config.compute_dtype))
+    x = nn.with_logical_constraint(self.ln0(x.astype(self.config.compute_dtype)), ("batch", "length", "embed"))
     indices = None if mask is None else shift_indices(mask)
     v_first, att, wkv, ffn = None, [], [], []
     for i, block in enumerate(self.blocks):
       x, (a, w, f), v_first = block(x, (state.att_shift[i], state.wkv[i], state.ffn_shift[i]), v_first,
                                     indices, mask)
       att.append(a), wkv.append(w), ffn.append(f)
-    logits = self.head(self.ln_out(x))
+    logits = nn.with_logical_constraint(self.head(self.ln_out(x)), ("batch", "length", "vocab"))
     return logits, RWKV7State(jnp.stack(att), jnp.stack(wkv), jnp.stack(ffn))
 
 
