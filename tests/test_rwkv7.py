@@ -298,3 +298,12 @@ def test_presets_have_released_sizes():
   assert 0.43e9 < counts["0.4B"] < 0.47e9
   assert 1.45e9 < counts["1.5B"] < 1.6e9
   assert 2.8e9 < counts["2.9B"] < 3.1e9
+
+
+def test_wkv_implementations_agree_inside_the_model(h64):
+  tokens = jnp.asarray(h64.tokens)
+  ref, ref_state = forward(h64.config.replace(wkv_impl="reference"), h64.params, tokens)
+  for chunk in (16, 32):
+    got, state = forward(h64.config.replace(wkv_impl="chunked", wkv_chunk_size=chunk), h64.params, tokens)
+    assert rel_max_err(got, ref) < 1e-5
+    assert rel_max_err(state.wkv, ref_state.wkv) < 1e-5

@@ -10,8 +10,10 @@ implementation by name; implementations register themselves in `_IMPLS` and all 
 `fn(r, log_w, k, v, a, b, initial_state, chunk_size) -> (out, final_state)` with a float32 state.
 
   reference  `lax.scan` over time; the numerical ground truth for every faster implementation.
+  chunked    WY/UT chunked form in plain JAX with a hand-written backward (ops/wkv7_chunked.py).
 
-`impl="auto"` picks the fastest implementation registered for the current backend.
+`impl="auto"` follows DESIGN: pallas on GPU/TPU when registered, chunked on the CPU; a single
+step (T = 1, decoding) always runs the plain recurrence.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+
+from modrwkv_jax.ops.wkv7_chunked import wkv7_chunked
 
 
 def wkv7_reference(r, log_w, k, v, a, b, initial_state, chunk_size=None):
@@ -49,7 +53,7 @@ def wkv7_reference(r, log_w, k, v, a, b, initial_state, chunk_size=None):
 
 
 # name -> implementation. Faster implementations (chunked, pallas) add themselves here.
-_IMPLS: dict[str, Callable] = {"reference": wkv7_reference}
+_IMPLS: dict[str, Callable] = {"reference": wkv7_reference, "chunked": wkv7_chunked}
 # Preference order for impl="auto", per backend; the first registered name wins.
 _AUTO_ORDER = {"gpu": ("pallas", "chunked", "reference"),
                "tpu": ("pallas", "chunked", "reference"),
@@ -82,6 +86,8 @@ def wkv7(r, log_w, k, v, a, b, initial_state=None, *, impl: str = "auto", chunk_
   Returns:
     (out float[B, T, H, N] with the dtype of v, final_state float32[B, H, N, N]).
   """
+  if chunk_size not in (16, 32, 64):
+    raise ValueError(f"wkv7: chunk_size must be 16, 32 or 64, got {chunk_size!r}")
   names = ("r", "log_w", "k", "v", "a", "b")
   arrays = (r, log_w, k, v, a, b)
   for name, x in zip(names, arrays):
@@ -93,4 +99,7 @@ def wkv7(r, log_w, k, v, a, b, initial_state=None, *, impl: str = "auto", chunk_
   elif initial_state.shape != (batch, heads, size, size):
     raise ValueError(f"wkv7: initial_state has shape {tuple(initial_state.shape)}; "
                      f"expected [B, H, N, N] = {(batch, heads, size, size)}")
-  return _IMPLS[resolve_impl(impl)](r, log_w, k, v, a, b, initial_state, chunk_size)
+  name = resolve_impl(impl)
+  if r.shape[1] == 1 and impl == "auto":
+    name = "reference"  # one decoding step: nothing to chunk, the plain recurrence is cheapest
+  return _IMPLS[name](r, log_w, k, v, a, b, initial_state, chunk_size)

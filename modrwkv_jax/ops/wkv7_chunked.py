@@ -1,0 +1,151 @@
+"""Chunked WKV-7 in plain JAX: the WY/UT form of DESIGN §2.1 with a hand-written backward.
+
+Within a chunk of C steps everything is dense C×C and C×N algebra, parallel over batch, heads and
+chunks; only the state hand-off between chunks is a `lax.scan` (forward) / reverse scan (backward).
+`jax.custom_vjp` keeps as residuals the inputs and the per-chunk entering states (float32), so
+training memory is O(T·H·N + T/C·H·N²) instead of a per-step state history.
+
+Notation per head and chunk (i, j index steps in the chunk, d the key channel):
+  g = log_w <= 0,  Γ = inclusive cumsum of g,  Γ⁻ = Γ − g,  Γ_C = Γ at the last step,
+  m = Γ at mid-chunk (centring: factorised exponents e^{Γ_i − m}·e^{m − Γ_j} stay within
+      e^{±0.607·C/2}, i.e. e^{±19.4} for C = 64, far from float32 overflow at e^{88}).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def _chunk(x, n_chunks, size):
+  """[B, T, H, N] -> float32 [B, H, n_chunks, C, N]."""
+  b, _, h, n = x.shape
+  return jnp.moveaxis(x.astype(jnp.float32).reshape(b, n_chunks, size, h, n), 3, 1)
+
+
+def _unchunk(x, length):
+  """[B, H, n_chunks, C, N] -> [B, T, H, N] cut to `length`."""
+  b, h, nc, c, n = x.shape
+  return jnp.moveaxis(x, 1, 3).reshape(b, nc * c, h, n)[:, :length]
+
+
+def _intra(r, g, k, v, a, b):
+  """Per-chunk quantities that do not depend on the entering state (all chunks at once).
+
+  Inputs float32 [B, H, nC, C, N]. Returns a dict of the pieces both passes use.
+  """
+  C = r.shape[-2]
+  G = jnp.cumsum(g, axis=-2)  # Γ
+  Gm = G - g  # Γ⁻
+  Gc = G[..., -1:, :]  # Γ_C, [.., 1, N]
+  mid = G[..., C // 2:C // 2 + 1, :]  # centring point m
+  rc, ac = r * jnp.exp(G - mid), a * jnp.exp(Gm - mid)
+  kc, bc = k * jnp.exp(mid - G), b * jnp.exp(mid - G)
+  incl = jnp.tril(jnp.ones((C, C), bool))
+  strict = jnp.tril(jnp.ones((C, C), bool), -1)
+  mat = lambda x, y, m: jnp.where(m, jnp.einsum("...id,...jd->...ij", x, y), 0.0)
+  A_rk, A_rb = mat(rc, kc, incl), mat(rc, bc, incl)
+  A_ak, A_ab = mat(ac, kc, strict), mat(ac, bc, strict)
+  eye = jnp.eye(C, dtype=jnp.float32)
+  # T = (I − A_ab)⁻¹, unit lower triangular: forward substitution against I.
+  Tm = jax.lax.linalg.triangular_solve(eye - A_ab, jnp.broadcast_to(eye, A_ab.shape), left_side=True,
+                                       lower=True, unit_diagonal=True)
+  decay_to_end = jnp.exp(Gc - G)  # e^{Γ_C − Γ} <= 1
+  return dict(G=G, Gm=Gm, Gc=Gc, mid=mid, rc=rc, ac=ac, kc=kc, bc=bc, A_rk=A_rk, A_rb=A_rb, A_ak=A_ak,
+              A_ab=A_ab, T=Tm, r_h=r * jnp.exp(G), a_h=a * jnp.exp(Gm), kg=k * decay_to_end,
+              bg=b * decay_to_end, W=Tm @ (a * jnp.exp(Gm)), U0=Tm @ (A_ak @ v))
+
+
+def _state_pass(q, v, h0):
+  """Sequential over chunks: entering states h_c [nC, B, H, N, N] and the final state."""
+  def step(h, x):
+    W, U0, kg, bg, Gc, vv = x
+    U = U0 + W @ h
+    h_next = jnp.exp(Gc)[..., 0, :, None] * h + jnp.swapaxes(kg, -1, -2) @ vv + jnp.swapaxes(bg, -1, -2) @ U
+    return h_next, h
+  xs = tuple(jnp.moveaxis(x, 2, 0) for x in (q["W"], q["U0"], q["kg"], q["bg"], q["Gc"], v))
+  final, entering = jax.lax.scan(step, h0, xs)
+  return jnp.moveaxis(entering, 0, 2), final  # [B, H, nC, N, N]
+
+
+def _forward(r, log_w, k, v, a, b, h0, chunk_size):
+  B, T, H, N = r.shape
+  nc = -(-T // chunk_size)
+  pad = nc * chunk_size - T
+  # Padding steps: log_w = 0 (no decay) and k = v = a = b = 0, so the state passes unchanged.
+  padded = [jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (r, log_w, k, v, a, b)]
+  r_, g_, k_, v_, a_, b_ = (_chunk(x, nc, chunk_size) for x in padded)
+  q = _intra(r_, g_, k_, v_, a_, b_)
+  hs, final = _state_pass(q, v_, h0.astype(jnp.float32))
+  U = q["U0"] + q["W"] @ hs
+  out = q["r_h"] @ hs + q["A_rk"] @ v_ + q["A_rb"] @ U
+  return _unchunk(out, T).astype(v.dtype), final, hs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def wkv7_chunked(r, log_w, k, v, a, b, initial_state, chunk_size=16):
+  """Chunked WKV-7; same contract as `wkv7_reference` (see modrwkv_jax.ops.wkv7)."""
+  out, final, _ = _forward(r, log_w, k, v, a, b, initial_state, chunk_size)
+  return out, final
+
+
+def _fwd(r, log_w, k, v, a, b, initial_state, chunk_size):
+  out, final, hs = _forward(r, log_w, k, v, a, b, initial_state, chunk_size)
+  return (out, final), (r, log_w, k, v, a, b, initial_state, hs)
+
+
+def _bwd(chunk_size, res, cotangents):
+  r, log_w, k, v, a, b, h0, hs = res
+  d_out, d_final = cotangents
+  B, T, H, N = r.shape
+  nc = hs.shape[2]
+  pad = nc * chunk_size - T
+  padded = [jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (r, log_w, k, v, a, b, d_out)]
+  r_, g_, k_, v_, a_, b_, dO = (_chunk(x, nc, chunk_size) for x in padded)
+  q = _intra(r_, g_, k_, v_, a_, b_)
+  U = q["U0"] + q["W"] @ hs
+  tr = lambda x: jnp.swapaxes(x, -1, -2)
+  P = tr(q["A_rb"]) @ dO  # A_rbᵀ dO
+  Q = tr(q["r_h"]) @ dO  # (r⊙e^Γ)ᵀ dO
+
+  # Reverse pass over chunks: dh' entering each chunk from its successor.
+  def step(dh_next, x):
+    P_c, Q_c, T_c, bg, a_h, Gc = x
+    dX = tr(T_c) @ (P_c + bg @ dh_next)
+    dh = Q_c + tr(a_h) @ dX + jnp.exp(Gc)[..., 0, :, None] * dh_next
+    return dh, dh_next
+  xs = tuple(jnp.moveaxis(x, 2, 0) for x in (P, Q, q["T"], q["bg"], q["a_h"], q["Gc"]))
+  d_h0, dh_next = jax.lax.scan(step, d_final.astype(jnp.float32), xs, reverse=True)
+  dhp = jnp.moveaxis(dh_next, 0, 2)  # dh' of every chunk, [B, H, nC, N, N]
+
+  dU = P + q["bg"] @ dhp
+  dX = tr(q["T"]) @ dU
+  incl = jnp.tril(jnp.ones((chunk_size, chunk_size), bool))
+  strict = jnp.tril(jnp.ones((chunk_size, chunk_size), bool), -1)
+  dA_rk = jnp.where(incl, dO @ tr(v_), 0.0)
+  dA_rb = jnp.where(incl, dO @ tr(U), 0.0)
+  dA_ak = jnp.where(strict, dX @ tr(v_), 0.0)
+  dA_ab = jnp.where(strict, dX @ tr(U), 0.0)
+  G, Gm, Gc, mid = q["G"], q["Gm"], q["Gc"], q["mid"]
+  decay_to_end = jnp.exp(Gc - G)
+  dv = tr(q["A_rk"]) @ dO + tr(q["A_ak"]) @ dX + q["kg"] @ dhp
+  dr = (dA_rk @ q["kc"] + dA_rb @ q["bc"]) * jnp.exp(G - mid) + (dO @ tr(hs)) * jnp.exp(G)
+  da = (dA_ak @ q["kc"] + dA_ab @ q["bc"]) * jnp.exp(Gm - mid) + (dX @ tr(hs)) * jnp.exp(Gm)
+  V_dh = v_ @ tr(dhp)  # [.., C, N_k]
+  U_dh = U @ tr(dhp)
+  dk = (tr(dA_rk) @ q["rc"] + tr(dA_ak) @ q["ac"]) * jnp.exp(mid - G) + V_dh * decay_to_end
+  db = (tr(dA_rb) @ q["rc"] + tr(dA_ab) @ q["ac"]) * jnp.exp(mid - G) + U_dh * decay_to_end
+  dG = dr * r_ - dk * k_ - db * b_  # dΓ_i
+  dGm = da * a_  # dΓ⁻_i
+  dGc = (V_dh * q["kg"] + U_dh * q["bg"]).sum(-2) + jnp.exp(Gc[..., 0, :]) * (hs * dhp).sum(-1)  # [.., N_k]
+  # Γ_i = Σ_{t<=i} g_t, Γ⁻_i = Σ_{t<i} g_t, Γ_C = Σ_t g_t.
+  rev_cumsum = lambda x: jnp.flip(jnp.cumsum(jnp.flip(x, -2), -2), -2)
+  dg = rev_cumsum(dG) + rev_cumsum(dGm) - dGm + dGc[..., None, :]
+  grads = [_unchunk(x, T) for x in (dr, dg, dk, dv, da, db)]
+  grads = [g.astype(x.dtype) for g, x in zip(grads, (r, log_w, k, v, a, b))]
+  return (*grads, d_h0.astype(h0.dtype))
+
+
+wkv7_chunked.defvjp(_fwd, _bwd)
