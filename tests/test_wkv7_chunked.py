@@ -75,3 +75,15 @@ def test_bad_chunk_size():
   inputs, s0 = rwkv7_like_inputs(jax.random.key(6), 1, 4, 1, 8)
   with pytest.raises(ValueError, match="chunk_size must be 16, 32 or 64, got 12"):
     ops.wkv7(*inputs, s0, impl="chunked", chunk_size=12)
+
+
+def test_chunked_residuals_are_inputs_plus_chunk_states():
+  """jax.vjp's residuals (the leaves of the returned vjp function) bound the training memory."""
+  B, T, H, N, C = 1, 128, 2, 16, 16
+  inputs, s0 = rwkv7_like_inputs(jax.random.key(7), B, T, H, N)
+  def saved(impl):
+    _, vjp_fn = jax.vjp(lambda *xs: ops.wkv7(*xs[:6], xs[6], impl=impl, chunk_size=C), *inputs, s0)
+    return sum(x.size for x in jax.tree.leaves(vjp_fn))
+  bound = 6 * B * T * H * N + (T // C + 1) * B * H * N * N  # inputs + entering states + initial state
+  assert saved("chunked") <= bound
+  assert saved("reference") > T * B * H * N * N  # the scan keeps every step's state
