@@ -264,9 +264,14 @@ class TimeMix(nn.Module):
     H, N, cd = cfg.n_head, cfg.head_size, cfg.compute_dtype
     init = _layer_init_values(cfg, self.layer)
     vec = lambda name, axes=("embed",): _param(self, name, _const(init[name]), (D,), axes)
-    lora = lambda name, rank, scale: _param(
-        self, name, _orthogonal(scale, (rank, D)) if scale else nn.initializers.zeros,
-        (D, rank) if name[1] == "1" else (rank, D), ("embed", "lora") if name[1] == "1" else ("lora", "attn"))
+
+    def low_rank(prefix, rank, x, inner=lambda y: y):
+      """inner(x @ {prefix}1) @ {prefix}2 in float32; {prefix}1 [D, rank] starts at zero, {prefix}2 [rank, D]
+      orthogonal·0.1 (RWKV-LM). Stored as in the checkpoint: they already act as x @ A."""
+      a1 = _param(self, f"{prefix}1", nn.initializers.zeros, (D, rank), ("embed", "lora"))
+      a2 = _param(self, f"{prefix}2", _orthogonal(0.1, (rank, D)), (rank, D), ("lora", "attn"))
+      return _mm(inner(_mm(x, a1, cd)).astype(cd), a2, cd)
+
     proj = lambda name, scale, axes=("embed", "attn"): Linear(D, axes, _orthogonal(scale), cd, name=name)
 
     prev, new_shift = token_shift(x, shift_state, indices)
@@ -276,13 +281,10 @@ class TimeMix(nn.Module):
     r = proj("receptance", 1.0)(mixed["r"])
     k = proj("key", 0.1)(mixed["k"])
     v = proj("value", 1.0)(mixed["v"])
-    w1, w2 = lora("w1", cfg.dim_w, 0), lora("w2", cfg.dim_w, 0.1)
-    z = vec("w0", ("attn",)).astype(jnp.float32) + _mm(jnp.tanh(_mm(mixed["w"], w1, cd)).astype(cd), w2, cd)
+    z = vec("w0", ("attn",)).astype(jnp.float32) + low_rank("w", cfg.dim_w, mixed["w"], jnp.tanh)
     log_w = -DECAY_SCALE * jax.nn.sigmoid(z)  # float32 in (-0.607, 0)
-    a1, a2 = lora("a1", cfg.dim_a, 0), lora("a2", cfg.dim_a, 0.1)
-    alpha = jax.nn.sigmoid(vec("a0", ("attn",)).astype(jnp.float32) + _mm(_mm(mixed["a"], a1, cd).astype(cd), a2, cd))
-    g1, g2 = lora("g1", cfg.dim_g, 0), lora("g2", cfg.dim_g, 0.1)
-    g = _mm(jax.nn.sigmoid(_mm(mixed["g"], g1, cd)).astype(cd), g2, cd).astype(cd)
+    alpha = jax.nn.sigmoid(vec("a0", ("attn",)).astype(jnp.float32) + low_rank("a", cfg.dim_a, mixed["a"]))
+    g = low_rank("g", cfg.dim_g, mixed["g"], jax.nn.sigmoid).astype(cd)
 
     heads = lambda t: t.reshape(B, T, H, N)
     kk = heads(k.astype(jnp.float32) * vec("k_k", ("attn",)).astype(jnp.float32))
@@ -291,8 +293,7 @@ class TimeMix(nn.Module):
     if self.layer == 0:
       v_first = v
     else:
-      v1, v2 = lora("v1", cfg.dim_v, 0), lora("v2", cfg.dim_v, 0.1)
-      gate = jax.nn.sigmoid(vec("v0", ("attn",)).astype(jnp.float32) + _mm(_mm(mixed["v"], v1, cd).astype(cd), v2, cd))
+      gate = jax.nn.sigmoid(vec("v0", ("attn",)).astype(jnp.float32) + low_rank("v", cfg.dim_v, mixed["v"]))
       v = (v + (v_first - v).astype(jnp.float32) * gate).astype(cd)
 
     a_in, b_in, k_in, lw_in = -kk, kk * heads(alpha), heads(k), heads(log_w)
