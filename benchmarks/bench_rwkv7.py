@@ -8,9 +8,7 @@ the carried state), both in fp32. Prints a table and writes JSON to benchmarks/r
 """
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -23,6 +21,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from common import machine, write_result  # noqa: E402
 from modrwkv_jax.models import rwkv7  # noqa: E402
 from modrwkv_jax.ops.wkv7 import resolve_impl  # noqa: E402
 
@@ -94,16 +93,12 @@ def main(argv=None):
   print(f"{'metric':<20}{'modrwkv-jax':>14}{'rwkv (torch)':>14}{'ratio':>8}")
   result = {"config": {k: getattr(config, k) for k in ("n_layer", "n_embd", "head_size", "vocab_size")},
             "preset": args.preset, "prompt": args.prompt, "decode": args.decode, "compile_s": compile_s,
-            "wkv_impl": resolve_impl(config.wkv_impl), "backend": jax.default_backend(),
-            "device": str(jax.devices()[0]), "cpus": os.cpu_count(), "platform": platform.platform(),
-            "jax": jax.__version__, "torch": torch.__version__, "metrics": {}}
+            "wkv_impl": resolve_impl(config.wkv_impl), **machine(), "torch": torch.__version__, "metrics": {}}
   for name, ours, base in rows:
     better = ours / base if "tokens/s" in name else base / ours  # > 1 means we are faster
     print(f"{name:<20}{ours:>14.2f}{base:>14.2f}{better:>7.2f}x")
     result["metrics"][name] = {"ours": ours, "rwkv_torch": base, "speedup": better}
-  out = args.out or os.path.join(os.path.dirname(__file__), "results", f"rwkv7_{jax.default_backend()}.json")
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
+  out = write_result(result, "rwkv7", args.out)
   print(f"(speedup > 1: modrwkv-jax faster; compile {compile_s:.1f}s not included) -> {out}")
   return 0
 

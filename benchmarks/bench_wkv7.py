@@ -7,15 +7,14 @@ Times the forward and forward+backward (grad of a scalar loss w.r.t. all inputs)
 """
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
+from common import machine, write_result
 from modrwkv_jax.ops import wkv7 as ops
 
 
@@ -64,15 +63,12 @@ def main(argv=None):
   print(f"\nWKV-7 B={args.B} T={args.T} H={args.H} N={args.N} {args.dtype}, backend {jax.default_backend()} "
         f"({jax.devices()[0].device_kind}), {os.cpu_count()} cpus")
   print(f"{'impl':<16}{'fwd ms':>10}{'fwd x':>8}{'fwd+bwd ms':>12}{'bwd x':>8}{'Mtok/s fwd':>12}")
-  result = {"shape": vars(args), "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-            "cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__, "rows": []}
+  result = {"shape": vars(args), **machine(), "rows": []}
   for name, f, b in rows:
     print(f"{name:<16}{1e3 * f:>10.2f}{base_f / f:>7.2f}x{1e3 * b:>12.2f}{base_b / b:>7.2f}x{tokens / f / 1e6:>12.3f}")
     result["rows"].append({"impl": name, "fwd_s": f, "fwd_bwd_s": b, "fwd_speedup_vs_reference": base_f / f,
                            "fwd_bwd_speedup_vs_reference": base_b / b})
-  out = args.out or os.path.join(os.path.dirname(__file__), "results", f"wkv7_{jax.default_backend()}.json")
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
+  out = write_result(result, "wkv7", args.out)
   print(f"-> {out}")
   return 0
 

@@ -53,7 +53,7 @@ def _decode(config, params, logits, state, key, stop_token, *, max_new_tokens, t
 
   out = jnp.zeros((batch, max_new_tokens), jnp.int32)
   carry = (jnp.int32(0), logits, state, key, out, jnp.zeros((batch,), bool))
-  n, _, state, _, out, done = jax.lax.while_loop(cond, body, carry)
+  _, _, state, _, out, _ = jax.lax.while_loop(cond, body, carry)
   return out, state
 
 

@@ -53,9 +53,10 @@ def _intra(r, g, k, v, a, b):
   Tm = jax.lax.linalg.triangular_solve(eye - A_ab, jnp.broadcast_to(eye, A_ab.shape), left_side=True,
                                        lower=True, unit_diagonal=True)
   decay_to_end = jnp.exp(Gc - G)  # e^{Γ_C − Γ} <= 1
+  a_h = a * jnp.exp(Gm)  # a ⊙ e^{Γ⁻}
   return dict(G=G, Gm=Gm, Gc=Gc, mid=mid, rc=rc, ac=ac, kc=kc, bc=bc, A_rk=A_rk, A_rb=A_rb, A_ak=A_ak,
-              A_ab=A_ab, T=Tm, r_h=r * jnp.exp(G), a_h=a * jnp.exp(Gm), kg=k * decay_to_end,
-              bg=b * decay_to_end, W=Tm @ (a * jnp.exp(Gm)), U0=Tm @ (A_ak @ v))
+              A_ab=A_ab, T=Tm, r_h=r * jnp.exp(G), a_h=a_h, kg=k * decay_to_end, bg=b * decay_to_end,
+              W=Tm @ a_h, U0=Tm @ (A_ak @ v))
 
 
 def _state_pass(q, v, h0):

@@ -1,0 +1,21 @@
+"""What every benchmark records: the machine it ran on, and where its JSON goes."""
+
+import json
+import os
+import platform
+
+import jax
+
+
+def machine() -> dict:
+  """Backend, device kind, CPU count, OS and jax version, for the result JSON."""
+  return {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
+          "platform": platform.platform(), "jax": jax.__version__}
+
+
+def write_result(result: dict, stem: str, out: str | None = None) -> str:
+  """Writes benchmarks/results/<stem>_<backend>.json (or `out`) and returns the path."""
+  out = out or os.path.join(os.path.dirname(__file__), "results", f"{stem}_{jax.default_backend()}.json")
+  with open(out, "w") as f:
+    json.dump(result, f, indent=2)
+  return out
