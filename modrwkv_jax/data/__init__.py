@@ -1,0 +1,1 @@
+"""Data: modality preprocessing (image, audio, series), sources, transforms and Grain pipelines."""

@@ -1,0 +1,1 @@
+"""Modality encoders (vision, audio, time series) with local Hugging Face snapshot loading."""
