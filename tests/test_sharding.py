@@ -41,6 +41,16 @@ SCRIPT = textwrap.dedent("""
     serr = float(jnp.abs(state.wkv - want_state.wkv).max() / jnp.sqrt(jnp.mean(want_state.wkv ** 2)))
     print("sharded vs single-device:", err, serr)
     assert err < 1e-5 and serr < 1e-5, (err, serr)
+
+    # The Pallas kernel (interpret mode here) runs per (batch, head) shard under shard_map.
+    pcfg = cfg.replace(wkv_impl="pallas")
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      lowered = jax.jit(rwkv7.forward, static_argnums=0).trace(pcfg, sharded, jax.device_put(tokens, batch)).lower()
+      got, state = fwd(pcfg, sharded, jax.device_put(tokens, batch))
+    assert "shard_map" in lowered.as_text() or "sdy.manual_computation" in lowered.as_text()
+    err = float(jnp.abs(got - want).max() / jnp.sqrt(jnp.mean(want ** 2)))
+    print("pallas sharded vs single-device:", err)
+    assert err < 1e-5, err
     print("OK")
 """)
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from modrwkv_jax.ops.wkv7 import resolve_impl, wkv7
+from modrwkv_jax.peft import adapters as peft_adapters
 from modrwkv_jax.tensor_files import read_pth, read_safetensors_dir, write_pth
 
 # log_w = -exp(-0.5) * sigmoid(z) keeps the per-step decay exp(log_w) in (0.545, 1).
@@ -203,6 +204,8 @@ class Linear(nn.Module):
   """Bias-free projection y = x @ kernel; kernel float[in, out] is the torch weight transposed.
 
   x: float[..., in] -> float[..., out] in `out_dtype` (default: `dtype`), float32 accumulation.
+  When the params hold adapter leaves next to the kernel (modrwkv_jax.peft.add_adapters: "bone",
+  "bat", "lora_a"/"lora_b"/"lora_scale"), the projection is the adapted one, peft.linear.
   """
   features: int
   axes: tuple[str, str]
@@ -213,7 +216,9 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, x):
     kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], self.features), self.axes)
-    return _mm(x, kernel, self.dtype).astype(self.out_dtype or self.dtype)
+    adapter = {n: self.get_variable("params", n) for n in peft_adapters.ADAPTER_LEAVES if self.has_variable("params", n)}
+    y = peft_adapters.linear(x, kernel, adapter, self.dtype) if adapter else _mm(x, kernel, self.dtype)
+    return y.astype(self.out_dtype or self.dtype)
 
 
 def _layer_norm(name: str, dtype, scale_init=nn.initializers.ones) -> nn.LayerNorm:
@@ -303,8 +308,8 @@ class TimeMix(nn.Module):
     spec = ("batch", "length", "heads", "head_dim")
     r_in, v_in, a_in, b_in, k_in, lw_in = (nn.with_logical_constraint(t, spec) for t in (
         heads(r), heads(v), a_in.astype(cd), b_in.astype(cd), k_in, lw_in))
-    out, new_wkv = wkv7(r_in, lw_in, k_in, v_in, a_in, b_in, wkv_state,
-                        impl=cfg.wkv_impl, chunk_size=cfg.wkv_chunk_size)
+    out, new_wkv = wkv7(r_in, lw_in, k_in, v_in, a_in, b_in, wkv_state, impl=cfg.wkv_impl,
+                        chunk_size=cfg.wkv_chunk_size, partition=nn.logical_to_mesh_axes(spec))
     out = HeadGroupNorm(GN_EPS, _const(init["ln_x"]), name="ln_x")(out)
     r_k = _param(self, "r_k", _const(init["r_k"]), (H, N), ("heads", "head_dim"))
     bonus = (heads(r).astype(jnp.float32) * heads(k).astype(jnp.float32) * r_k.astype(jnp.float32)).sum(-1, keepdims=True)

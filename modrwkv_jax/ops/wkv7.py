@@ -11,9 +11,16 @@ implementation by name; implementations register themselves in `_IMPLS` and all 
 
   reference  `lax.scan` over time; the numerical ground truth for every faster implementation.
   chunked    WY/UT chunked form in plain JAX with a hand-written backward (ops/wkv7_chunked.py).
+  pallas     the same chunk algebra as Pallas kernels (pallas_kernels/wkv7): Triton on GPUs, Mosaic
+             on TPUs, interpret mode on the CPU (correct but slow: for tests).
 
-`impl="auto"` follows DESIGN: pallas on GPU/TPU when registered, chunked on the CPU; a single
-step (T = 1, decoding) always runs the plain recurrence.
+`impl="auto"` follows DESIGN: pallas on GPU/TPU, chunked on the CPU; a single step (T = 1,
+decoding) always runs the plain recurrence.
+
+Sharding: the recurrence is independent per (batch, head). Given `partition` (the mesh axes of the
+batch and head dimensions, e.g. from the logical rules) and an active mesh (`jax.set_mesh`), the
+pallas implementation runs per shard under `jax.shard_map`, so a kernel never sees another
+device's heads and nothing is gathered; the XLA implementations are partitioned by GSPMD.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from modrwkv_jax.ops.wkv7_chunked import wkv7_chunked
+from pallas_kernels.wkv7 import wkv7_pallas
 
 
 def wkv7_reference(r, log_w, k, v, a, b, initial_state, chunk_size=None):
@@ -53,7 +62,7 @@ def wkv7_reference(r, log_w, k, v, a, b, initial_state, chunk_size=None):
 
 
 # name -> implementation. Faster implementations (chunked, pallas) add themselves here.
-_IMPLS: dict[str, Callable] = {"reference": wkv7_reference, "chunked": wkv7_chunked}
+_IMPLS: dict[str, Callable] = {"reference": wkv7_reference, "chunked": wkv7_chunked, "pallas": wkv7_pallas}
 # Preference order for impl="auto", per backend; the first registered name wins.
 _AUTO_ORDER = {"gpu": ("pallas", "chunked", "reference"),
                "tpu": ("pallas", "chunked", "reference"),
@@ -74,7 +83,34 @@ def resolve_impl(impl: str) -> str:
   return impl
 
 
-def wkv7(r, log_w, k, v, a, b, initial_state=None, *, impl: str = "auto", chunk_size: int = 16):
+def _fit_axes(axes, size: int, mesh) -> tuple[str, ...] | None:
+  """The prefix of mesh `axes` whose device count divides `size` (None: replicate this dimension)."""
+  if axes is None:
+    return None
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  kept, count = [], 1
+  for name in axes:
+    if name not in mesh.shape or size % (count * mesh.shape[name]):
+      break
+    kept.append(name)
+    count *= mesh.shape[name]
+  return tuple(kept) or None
+
+
+def _shard_over_batch_and_heads(fn, partition, shape):
+  """`fn` run per shard under shard_map, or `fn` itself when no mesh/partition applies."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if partition is None or mesh.empty:
+    return fn
+  batch, heads = _fit_axes(partition[0], shape[0], mesh), _fit_axes(partition[2], shape[2], mesh)
+  if batch is None and heads is None:
+    return fn
+  seq, state = P(batch, None, heads, None), P(batch, heads, None, None)
+  return jax.shard_map(fn, in_specs=(seq,) * 6 + (state,), out_specs=(seq, state), check_vma=False)
+
+
+def wkv7(r, log_w, k, v, a, b, initial_state=None, *, impl: str = "auto", chunk_size: int = 16,
+         partition: P | None = None):
   """RWKV-7 WKV recurrence over a sequence.
 
   Args:
@@ -83,6 +119,8 @@ def wkv7(r, log_w, k, v, a, b, initial_state=None, *, impl: str = "auto", chunk_
     initial_state: float32[B, H, N, N] in layout [key, value], or None for zeros.
     impl: "auto", or a name from `available_impls()`.
     chunk_size: chunk length for chunked implementations.
+    partition: PartitionSpec of the [B, T, H, N] inputs over the active mesh (only the B and H
+      entries are used); with impl "pallas" the op then runs per shard (see module docstring).
   Returns:
     (out float[B, T, H, N] with the dtype of v, final_state float32[B, H, N, N]).
   """
@@ -102,4 +140,7 @@ def wkv7(r, log_w, k, v, a, b, initial_state=None, *, impl: str = "auto", chunk_
   name = resolve_impl(impl)
   if r.shape[1] == 1 and impl == "auto":
     name = "reference"  # one decoding step: nothing to chunk, the plain recurrence is cheapest
-  return _IMPLS[name](r, log_w, k, v, a, b, initial_state, chunk_size)
+  fn = lambda *xs: _IMPLS[name](*xs, chunk_size)
+  if name == "pallas":
+    fn = _shard_over_batch_and_heads(fn, partition, r.shape)
+  return fn(r, log_w, k, v, a, b, initial_state)
