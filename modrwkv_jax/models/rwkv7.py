@@ -216,7 +216,8 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, x):
     kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], self.features), self.axes)
-    adapter = {n: self.get_variable("params", n) for n in peft_adapters.ADAPTER_LEAVES if self.has_variable("params", n)}
+    adapter = {n: nn.meta.unbox(self.get_variable("params", n))
+               for n in peft_adapters.ADAPTER_LEAVES if self.has_variable("params", n)}
     y = peft_adapters.linear(x, kernel, adapter, self.dtype) if adapter else _mm(x, kernel, self.dtype)
     return y.astype(self.out_dtype or self.dtype)
 
