@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(PY) -m modrwkv_jax.demo
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_wkv7.py
+	$(PY) benchmarks/wkv7.py
 	$(PY) benchmarks/bench_rwkv7.py
 
 clean:
