@@ -1,0 +1,286 @@
+"""ModRWKV: modality encoders → compressor → adapter → tokens spliced into RWKV-7's input (DESIGN §3).
+
+    items (image / audio / series)  --encoder (frozen unless configured)-->  float[N, L, C_enc]
+      --projector (Conv1d compressor, adapter)-->  float32[N, L', D]
+      --splice at the positions the batch names-->  float[B, T, D]  --ln0, RWKV-7 blocks-->  logits
+
+Batches (numpy or jax dicts, built by `modrwkv_jax.data`) follow one schema; for a modality m in
+{"image", "audio", "series"} that the config enables:
+
+    tokens   int32[B, T]   text ids (0 at modality and padding positions)
+    labels   int32[B, T]   target at position t (the next token) or −100 (ignored)
+    mask     bool[B, T]    True at real positions
+    m        float[B, I, ...]       the items' encoder inputs (pixels, log-mel / waveform, series)
+    m_mask   bool[B, I, ...]        optional input mask (audio frames/samples, series steps)
+    m_pos    int32[B, T]   at a modality position, i·L'_m + j for the j-th token of item i, −1 elsewhere;
+                           L'_m = `capacity(config, m, item_shape)`, the projector's output length.
+
+Both layouts of the paper are just different `m_pos` maps: prefix (all modality tokens, then the
+text — the paper's format) and placeholder (tokens where the text said <image>/<audio>/<series>).
+Params: {"rwkv": ..., "encoders": {m: ...}, "projectors": {m: ...}}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from modrwkv_jax.models import projector as proj
+from modrwkv_jax.models import rwkv7
+from modrwkv_jax.models.encoders import clip, siglip, timeseries, wavlm, whisper
+
+MODALITIES = ("image", "audio", "series")
+IGNORE = -100
+# encoder kind -> (module, modality)
+ENCODERS = {"siglip": (siglip, "image"), "clip": (clip, "image"), "whisper": (whisper, "audio"),
+            "wavlm": (wavlm, "audio"), "wavenet": (timeseries, "series"), "timer": (timeseries, "series")}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModalityConfig:
+  """One modality: its encoder (kind + the encoder's own config) and its projector.
+
+  encoder_options: extra keyword arguments of the encoder's forward, as a tuple of pairs
+    (e.g. (("mode", "real_length"),) for Whisper, (("layer", -2),) for CLIP).
+  train_encoder: False (the paper) stops gradients at the encoder output.
+  """
+  encoder: str
+  encoder_config: Any
+  projector: proj.ProjectorConfig
+  encoder_options: tuple = ()
+  train_encoder: bool = False
+
+  def __post_init__(self):
+    if self.encoder not in ENCODERS:
+      raise ValueError(f"ModalityConfig: unknown encoder {self.encoder!r}; known: {sorted(ENCODERS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModRWKVConfig:
+  """rwkv: the language model; modalities: ((name, ModalityConfig), ...) with names from MODALITIES;
+  max_length: the longest input sequence (text + modality tokens) accepted."""
+  rwkv: rwkv7.RWKV7Config
+  modalities: tuple[tuple[str, ModalityConfig], ...] = ()
+  max_length: int = 4096
+
+  def __post_init__(self):
+    for name, m in self.modalities:
+      if name not in MODALITIES:
+        raise ValueError(f"ModRWKVConfig: modality {name!r} is not one of {MODALITIES}")
+      if ENCODERS[m.encoder][1] != name:
+        raise ValueError(f"ModRWKVConfig: encoder {m.encoder!r} encodes {ENCODERS[m.encoder][1]}, not {name}")
+      if m.projector.out_features != self.rwkv.n_embd:
+        raise ValueError(f"ModRWKVConfig: the {name} projector outputs {m.projector.out_features} features; "
+                         f"the RWKV-7 embedding width is {self.rwkv.n_embd}")
+
+  def modality(self, name: str) -> ModalityConfig:
+    for n, m in self.modalities:
+      if n == name:
+        return m
+    raise ValueError(f"ModRWKV: no encoder is configured for modality {name!r}; configured: "
+                     f"{[n for n, _ in self.modalities] or 'none'}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding items.
+
+def _run_encoder(m: ModalityConfig, params, inputs, mask):
+  """Encoder forward normalised to (features float[N, L, C], mask bool[N, L])."""
+  module, _ = ENCODERS[m.encoder]
+  opts = dict(m.encoder_options)
+  if m.encoder in ("siglip", "clip"):
+    out = module.forward(m.encoder_config, params, inputs, **opts)
+    return out, jnp.ones(out.shape[:2], bool)
+  if m.encoder in ("whisper", "wavlm"):
+    return module.forward(m.encoder_config, params, inputs, mask, **opts)
+  feats, out_mask, _ = module.forward(m.encoder_config, params, inputs, mask, **opts)
+  return feats, out_mask
+
+
+def encode_items(config: ModRWKVConfig, params: Mapping, name: str, inputs, mask=None):
+  """Encodes a flat batch of items of one modality into RWKV embedding tokens.
+
+  Args:
+    inputs: float[N, ...] encoder inputs (pixels [N, H, W, 3]; log-mel [N, F, n_mels] or samples
+      [N, S]; series [N, L] or [N, L, V]).
+    mask: bool[N, ...] input mask (audio, series) or None.
+  Returns:
+    (tokens float32[N, L', D], token_mask bool[N, L']) — real tokens first in each row.
+  """
+  m = config.modality(name)
+  feats, fmask = _run_encoder(m, params["encoders"][name], inputs, mask)
+  if not m.train_encoder:
+    feats = jax.lax.stop_gradient(feats)
+  return proj.forward(m.projector, params["projectors"][name], feats, fmask)
+
+
+def capacity(config: ModRWKVConfig, name: str, item_shape: tuple[int, ...]) -> int:
+  """L'_m: tokens per item (padding included) for items of `item_shape` (without the batch axis)."""
+  x = jax.ShapeDtypeStruct((1, *item_shape), jnp.float32)
+  mask = None if name == "image" else jax.ShapeDtypeStruct((1, *item_shape[:1]), jnp.bool_)
+  abstract = jax.eval_shape(lambda p, x, mk: encode_items(config, p, name, x, mk),
+                            abstract_params(config), x, mask)
+  return int(abstract[0].shape[1])
+
+
+def num_tokens(config: ModRWKVConfig, name: str, input_length: int) -> int:
+  """Real tokens of one item with `input_length` real input steps (frames, samples or series steps).
+
+  Images always give `capacity`. This is the `num_tokens` callable the data pipeline needs.
+  """
+  m = config.modality(name)
+  c = m.encoder_config
+  if m.encoder == "siglip":
+    length = (c.image_size // c.patch_size) ** 2
+  elif m.encoder == "clip":
+    length = (c.image_size // c.patch_size) ** 2 + (0 if dict(m.encoder_options).get("drop_cls") else 1)
+  elif m.encoder == "whisper":
+    length = int(whisper.output_lengths(c, np.asarray([input_length]), dict(m.encoder_options).get("mode", "paper"))[0])
+  elif m.encoder == "wavlm":
+    length = int(np.asarray(wavlm.frame_lengths(c, np.asarray([input_length])))[0])
+  elif m.encoder == "timer":
+    length = -(-input_length // c.patch_len)
+  else:
+    length = input_length
+  return m.projector.output_length(length)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+
+def embed_inputs(config: ModRWKVConfig, params: Mapping, batch: Mapping):
+  """Builds the input embedding sequence: text embeddings with modality tokens spliced in.
+
+  Returns:
+    (embeddings float32[B, T, D], mask bool[B, T], positions {m: int32[B, T]}).
+  """
+  tokens = jnp.asarray(batch["tokens"], jnp.int32)
+  B, T = tokens.shape
+  if T > config.max_length:
+    raise ValueError(f"ModRWKV: the sequence has {T} positions; max_length is {config.max_length}")
+  x = rwkv7.embed(config.rwkv, params["rwkv"], tokens).astype(jnp.float32)
+  positions = {}
+  for name, _ in config.modalities:
+    if f"{name}_pos" not in batch:
+      continue
+    pos = jnp.asarray(batch[f"{name}_pos"], jnp.int32)
+    items = jnp.asarray(batch[name])
+    I = items.shape[1]
+    flat = items.reshape(B * I, *items.shape[2:])
+    mask = batch.get(f"{name}_mask")
+    if mask is not None:
+      mask = jnp.asarray(mask, bool).reshape(B * I, *mask.shape[2:])
+    tok, _ = encode_items(config, params, name, flat, mask)
+    L = tok.shape[1]
+    tok = tok.reshape(B, I * L, tok.shape[-1])
+    picked = jnp.take_along_axis(tok, jnp.clip(pos, 0, I * L - 1)[..., None], axis=1)
+    x = jnp.where((pos >= 0)[..., None], picked, x)
+    positions[name] = pos
+  mask = jnp.asarray(batch["mask"], bool) if "mask" in batch else jnp.ones((B, T), bool)
+  return x, mask, positions
+
+
+def forward(config: ModRWKVConfig, params: Mapping, batch: Mapping, state: rwkv7.RWKV7State | None = None):
+  """(logits float32[B, T, V], RWKV7State) of a batch; ln0 applies to modality tokens too (paper)."""
+  x, mask, _ = embed_inputs(config, params, batch)
+  return rwkv7.forward(config.rwkv, params["rwkv"], state=state, embeddings=x, mask=mask)
+
+
+def loss(config: ModRWKVConfig, params: Mapping, batch: Mapping):
+  """Token-mean cross-entropy over label positions (labels != −100).
+
+  Returns:
+    (loss float32[], {"loss", "accuracy", "tokens"}) — with no label in the batch the loss is 0.
+  """
+  logits, _ = forward(config, params, batch)
+  labels = jnp.asarray(batch["labels"], jnp.int32)
+  valid = labels != IGNORE
+  safe = jnp.where(valid, labels, 0)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+  count = valid.sum()
+  denom = jnp.maximum(count, 1)
+  value = jnp.where(valid, nll, 0.0).sum() / denom
+  accuracy = jnp.where(valid, jnp.argmax(logits, -1) == safe, False).sum() / denom
+  return value, {"loss": value, "accuracy": accuracy, "tokens": count}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters and checkpoints.
+
+def _encoder_init(m: ModalityConfig, key):
+  return ENCODERS[m.encoder][0].init_params(m.encoder_config, key)
+
+
+def init_params(config: ModRWKVConfig, key: jax.Array, encoder_params: Mapping | None = None,
+                rwkv_params: Mapping | None = None) -> dict:
+  """Fresh projectors; encoders and RWKV-7 from the given (pretrained) params, else freshly initialised."""
+  k_rwkv, k_enc, k_proj = jax.random.split(key, 3)
+  encoder_params = dict(encoder_params or {})
+  params = {"rwkv": rwkv_params if rwkv_params is not None else rwkv7.init_params(config.rwkv, k_rwkv),
+            "encoders": {}, "projectors": {}}
+  for i, (name, m) in enumerate(config.modalities):
+    params["encoders"][name] = (encoder_params[name] if name in encoder_params
+                                else _encoder_init(m, jax.random.fold_in(k_enc, i)))
+    params["projectors"][name] = proj.init_params(m.projector, jax.random.fold_in(k_proj, i))
+  return params
+
+
+def abstract_params(config: ModRWKVConfig):
+  """Shapes and dtypes of `init_params(config, ...)` without computing anything."""
+  return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+def save_projectors(path: str | os.PathLike, params: Mapping) -> None:
+  """Writes the trained projectors (small) as an .npz with '/'-joined names."""
+  flat = {"/".join(str(getattr(k, "key", k)) for k in kp): np.asarray(v)
+          for kp, v in jax.tree_util.tree_leaves_with_path(params["projectors"])}
+  np.savez(path, **flat)
+
+
+def load_projectors(path: str | os.PathLike, config: ModRWKVConfig) -> dict:
+  """Reads `save_projectors` output, checking every modality's names and shapes against `config`."""
+  path = os.fspath(path)
+  with np.load(path) as f:
+    stored = {k: f[k] for k in f.files}
+  want = abstract_params(config)["projectors"]
+  out = {}
+  for kp, leaf in jax.tree_util.tree_leaves_with_path(want):
+    name = "/".join(str(getattr(k, "key", k)) for k in kp)
+    if name not in stored:
+      raise KeyError(f"{path}: missing projector tensor {name!r}; was it saved for another ModRWKV config?")
+    if stored[name].shape != leaf.shape:
+      raise ValueError(f"{path}: projector tensor {name!r} has shape {stored[name].shape}; this config expects "
+                       f"{leaf.shape}")
+    node = out
+    keys = name.split("/")
+    for k in keys[:-1]:
+      node = node.setdefault(k, {})
+    node[keys[-1]] = jnp.asarray(stored.pop(name))
+  if stored:
+    raise ValueError(f"{path}: unexpected projector tensors {sorted(stored)[:5]} for this config")
+  return out
+
+
+def load(config: ModRWKVConfig, rwkv_path: str | os.PathLike, encoder_paths: Mapping[str, str] | None = None,
+         projector_path: str | os.PathLike | None = None, *, key: jax.Array | None = None) -> dict:
+  """Assembles params: RWKV-7 from an official `.pth` (checked against config.rwkv), each encoder from
+  its HF snapshot folder (`load_hf`), projectors from `save_projectors` output (else fresh)."""
+  params = init_params(config, key if key is not None else jax.random.key(0))
+  params["rwkv"] = rwkv7.load_pth(rwkv_path, config.rwkv)[1]
+  for name, path in (encoder_paths or {}).items():
+    m = config.modality(name)
+    enc_config, enc_params = ENCODERS[m.encoder][0].load_hf(path)
+    if m.encoder_config is not None and enc_config != m.encoder_config:
+      raise ValueError(f"{path}: the snapshot's {m.encoder} config {enc_config} differs from the configured one "
+                       f"{m.encoder_config}")
+    params["encoders"][name] = enc_params
+  if projector_path is not None:
+    params["projectors"] = load_projectors(projector_path, config)
+  return params

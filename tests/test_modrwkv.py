@@ -1,0 +1,305 @@
+"""ModRWKV: projectors vs torch modules, splicing in both layouts, loss, gradients, generation, Chat.
+
+References: torch `nn.Conv1d` / `nn.Linear` / `nn.LayerNorm` stacks for the adapters (DESIGN §3);
+hand-built embedding sequences for the layouts; one full forward for token-by-token decoding.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from modrwkv_jax import generate as gen
+from modrwkv_jax.chat import Chat, user_turn
+from modrwkv_jax.models import modrwkv, rwkv7
+from modrwkv_jax.models import projector as proj
+from modrwkv_jax.models.encoders import siglip, whisper
+from modrwkv_jax.tokenizer import world_tokenizer
+from helpers import rel_rms_err
+
+RWKV = rwkv7.RWKV7Config(vocab_size=65536, n_layer=2, n_embd=32, head_size=16, dim_w=8, dim_a=8, dim_v=4,
+                         dim_g=8, dim_ffn=64)
+SIGLIP = siglip.SiglipConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, patch_size=8,
+                             image_size=16)
+WHISPER = whisper.WhisperConfig(num_mel_bins=8, d_model=16, encoder_layers=1, encoder_attention_heads=2,
+                                encoder_ffn_dim=32, max_source_positions=16)
+CONFIG = modrwkv.ModRWKVConfig(RWKV, (
+    ("image", modrwkv.ModalityConfig("siglip", SIGLIP, proj.ProjectorConfig("vision", 16, 32, None, 2))),
+    ("audio", modrwkv.ModalityConfig("whisper", WHISPER, proj.ProjectorConfig("audio", 16, 32, (3, 2)))),
+), max_length=256)
+
+
+def noisy_params(tree, key, scale):
+  """tree + scale·N(0, 1) on every leaf, so zero-initialised matrices matter too."""
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+
+
+@pytest.fixture(scope="module")
+def params():
+  p = modrwkv.init_params(CONFIG, jax.random.key(0))
+  return noisy_params(p, jax.random.key(1), 0.05)
+
+
+@pytest.fixture(scope="module")
+def items():
+  rs = np.random.RandomState(0)
+  images = rs.randn(2, 16, 16, 3).astype(np.float32)
+  mels = rs.randn(1, 32, 8).astype(np.float32)
+  mel_mask = np.arange(32)[None] < 14  # 14 real frames of 32
+  return images, mels, mel_mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Projectors against torch.
+
+def _t(x):
+  return torch.from_numpy(np.array(x, np.float32))
+
+
+def test_vision_adapter_matches_torch():
+  cfg = proj.ProjectorConfig("vision", 12, 20, (3, 2), hidden_mult=2)
+  p = noisy_params(proj.init_params(cfg, jax.random.key(2)), jax.random.key(3), 0.1)
+  x = np.random.RandomState(1).randn(2, 11, 12).astype(np.float32)
+  got, mask = proj.forward(cfg, p, jnp.asarray(x), jnp.ones((2, 11), bool))
+  conv = torch.nn.Conv1d(12, 12, 3, 2, bias=False)
+  conv.weight.data = _t(p["compressor"]["kernel"]).permute(2, 1, 0)
+  fc1, fc2, ln = torch.nn.Linear(12, 40), torch.nn.Linear(40, 20), torch.nn.LayerNorm(20)
+  for m, name in ((fc1, "fc1"), (fc2, "fc2")):
+    m.weight.data, m.bias.data = _t(p[name]["kernel"]).T, _t(p[name]["bias"])
+  ln.weight.data, ln.bias.data = _t(p["norm"]["scale"]), _t(p["norm"]["bias"])
+  with torch.no_grad():
+    c = conv(_t(x).transpose(1, 2)).transpose(1, 2)
+    h = fc2(torch.relu(fc1(c)))
+    want = (h + ln(h)).numpy()
+  assert got.shape == want.shape == (2, cfg.output_length(11), 20) and bool(mask.all())
+  assert rel_rms_err(got, want) < 1e-6
+
+
+def test_audio_adapter_matches_torch_on_unpadded_items():
+  """A padded batch gives, at real positions, what torch gives on each item alone."""
+  cfg = proj.ProjectorConfig("audio", 8, 16, (3, 2))
+  p = noisy_params(proj.init_params(cfg, jax.random.key(4)), jax.random.key(5), 0.1)
+  rs = np.random.RandomState(2)
+  lengths = [19, 11]
+  x = rs.randn(2, 19, 8).astype(np.float32)
+  mask = np.arange(19)[None] < np.asarray(lengths)[:, None]
+  got, got_mask = proj.forward(cfg, p, jnp.asarray(x), jnp.asarray(mask))
+  comp = torch.nn.Conv1d(8, 8, 3, 2, bias=False)
+  comp.weight.data = _t(p["compressor"]["kernel"]).permute(2, 1, 0)
+  conv = torch.nn.Conv1d(8, 32, 3, 2, padding=2)
+  conv.weight.data, conv.bias.data = _t(p["conv"]["kernel"]).permute(2, 1, 0), _t(p["conv"]["bias"])
+  fc1, fc2 = torch.nn.Linear(32, 32), torch.nn.Linear(32, 16)
+  for m, name in ((fc1, "fc1"), (fc2, "fc2")):
+    m.weight.data, m.bias.data = _t(p[name]["kernel"]).T, _t(p[name]["bias"])
+  for b, n in enumerate(lengths):
+    with torch.no_grad():
+      h = conv(comp(_t(x[b:b + 1, :n]).transpose(1, 2))).transpose(1, 2)
+      want = fc2(torch.relu(fc1(h)))[0].numpy()
+    assert want.shape[0] == cfg.output_length(n) == int(got_mask[b].sum())
+    assert rel_rms_err(got[b, :want.shape[0]], want) < 1e-6
+    assert float(jnp.abs(got[b, want.shape[0]:]).max(initial=0.0)) == 0.0
+
+
+def test_series_adapter_and_config_errors():
+  cfg = proj.ProjectorConfig("series", 6, 16, None, hidden_mult=4)
+  p = proj.init_params(cfg, jax.random.key(6))
+  assert p["fc1"]["kernel"].shape == (6, 24) and p["fc2"]["kernel"].shape == (24, 16)
+  with pytest.raises(ValueError, match="kind 'text' is not one of"):
+    proj.ProjectorConfig("text", 6, 16)
+  with pytest.raises(ValueError, match=r"features have shape \(1, 4, 5\); expected \[N, L, C_enc=6\]"):
+    proj.forward(cfg, p, jnp.zeros((1, 4, 5)), jnp.ones((1, 4), bool))
+  with pytest.raises(ValueError, match="projector outputs 16 features; the RWKV-7 embedding width is 32"):
+    modrwkv.ModRWKVConfig(RWKV, (("image", modrwkv.ModalityConfig("siglip", SIGLIP, proj.ProjectorConfig("vision", 16, 16))),))
+  with pytest.raises(ValueError, match="encoder 'whisper' encodes audio, not image"):
+    modrwkv.ModRWKVConfig(RWKV, (("image", modrwkv.ModalityConfig("whisper", WHISPER, proj.ProjectorConfig("audio", 16, 32))),))
+
+
+# ---------------------------------------------------------------------------------------------
+# Splicing.
+
+def _image_tokens(params, image):
+  feats = siglip.forward(SIGLIP, params["encoders"]["image"], jnp.asarray(image)[None])
+  return proj.forward(CONFIG.modality("image").projector, params["projectors"]["image"], feats,
+                      jnp.ones(feats.shape[:2], bool))[0][0]
+
+
+def test_prefix_layout_is_the_papers_sequence(params, items):
+  images, _, _ = items
+  tok = world_tokenizer()
+  text = tok.encode(user_turn("What is it?")) + tok.encode(" A cat.\x17")
+  L = modrwkv.capacity(CONFIG, "image", (16, 16, 3))
+  assert L == modrwkv.num_tokens(CONFIG, "image", 0) == 4
+  T = L + len(text)
+  batch = {"tokens": np.asarray([[0] * L + text]), "mask": np.ones((1, T), bool),
+           "image": images[None, :1], "image_pos": np.asarray([list(range(L)) + [-1] * len(text)])}
+  x, mask, pos = modrwkv.embed_inputs(CONFIG, params, batch)
+  want = jnp.concatenate([_image_tokens(params, images[0]),
+                          rwkv7.embed(RWKV, params["rwkv"], jnp.asarray([text]))[0]])
+  np.testing.assert_allclose(x[0], want, rtol=1e-6, atol=1e-6)
+  logits, _ = modrwkv.forward(CONFIG, params, batch)
+  ref, _ = rwkv7.forward(RWKV, params["rwkv"], embeddings=want[None])
+  np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_placeholder_layout_two_images_and_one_audio(params, items):
+  """"a <image> b <image> c <audio> d": every item's real tokens land where its placeholder was."""
+  images, mels, mel_mask = items
+  Li = modrwkv.capacity(CONFIG, "image", (16, 16, 3))
+  La = modrwkv.capacity(CONFIG, "audio", (32, 8))
+  na = modrwkv.num_tokens(CONFIG, "audio", int(mel_mask.sum()))
+  assert 0 < na < La
+  a, b, c, d = 11, 22, 33, 44
+  seq, image_pos, audio_pos = [], [], []
+  def put(ids, ipos=None, apos=None):
+    for n, t in enumerate(ids):
+      seq.append(t); image_pos.append(ipos[n] if ipos else -1); audio_pos.append(apos[n] if apos else -1)
+  put([a]); put([0] * Li, ipos=list(range(Li))); put([b]); put([0] * Li, ipos=list(range(Li, 2 * Li)))
+  put([c]); put([0] * na, apos=list(range(na))); put([d])
+  T = len(seq)
+  batch = {"tokens": np.asarray([seq]), "mask": np.ones((1, T), bool), "image": images[None],
+           "image_pos": np.asarray([image_pos]), "audio": mels[None], "audio_mask": mel_mask[None],
+           "audio_pos": np.asarray([audio_pos])}
+  x, _, _ = modrwkv.embed_inputs(CONFIG, params, batch)
+  audio_tok, audio_mask = modrwkv.encode_items(CONFIG, params, "audio", jnp.asarray(mels), jnp.asarray(mel_mask))
+  assert int(audio_mask.sum()) == na
+  text = rwkv7.embed(RWKV, params["rwkv"], jnp.asarray([[a, b, c, d]]))[0]
+  want = jnp.concatenate([text[:1], _image_tokens(params, images[0]), text[1:2], _image_tokens(params, images[1]),
+                          text[2:3], audio_tok[0, :na], text[3:]])
+  np.testing.assert_allclose(x[0], want, rtol=1e-6, atol=1e-6)
+
+
+def test_loss_counts_only_labelled_positions(params, items):
+  images, _, _ = items
+  rs = np.random.RandomState(3)
+  T = 10
+  labels = np.full((2, T), -100)
+  labels[0, 5:9] = rs.randint(0, 500, 4)
+  labels[1, 4:6] = rs.randint(0, 500, 2)
+  batch = {"tokens": rs.randint(1, 500, (2, T)), "labels": labels, "mask": np.ones((2, T), bool),
+           "image": images[:, None], "image_pos": np.asarray([list(range(4)) + [-1] * 6] * 2)}
+  value, metrics = modrwkv.loss(CONFIG, params, batch)
+  logits, _ = modrwkv.forward(CONFIG, params, batch)
+  logp = np.asarray(jax.nn.log_softmax(logits, -1), np.float64)
+  nll = [-logp[b, t, labels[b, t]] for b, t in zip(*np.nonzero(labels != -100))]
+  assert int(metrics["tokens"]) == 6
+  np.testing.assert_allclose(float(value), np.mean(nll), rtol=1e-5)
+
+
+def test_gradients_reach_adapters_and_rwkv_but_not_frozen_encoders(params, items):
+  images, mels, mel_mask = items
+  batch = {"tokens": np.asarray([[0] * 4 + [5, 6, 7, 8]]), "labels": np.asarray([[-100] * 4 + [6, 7, 8, -100]]),
+           "mask": np.ones((1, 8), bool), "image": images[None, :1], "image_pos": np.asarray([[0, 1, 2, 3] + [-1] * 4])}
+  grads = jax.grad(lambda p: modrwkv.loss(CONFIG, p, batch)[0])(params)
+  norm = lambda tree: float(sum(jnp.sum(jnp.abs(g)) for g in jax.tree.leaves(tree)))
+  assert norm(grads["encoders"]) == 0.0
+  assert norm(grads["projectors"]["image"]) > 0 and norm(grads["rwkv"]) > 0
+  assert norm(grads["projectors"]["audio"]) == 0.0  # no audio in this batch
+
+
+def test_projector_checkpoint_round_trip_and_mismatch(params, tmp_path):
+  path = tmp_path / "proj.npz"
+  modrwkv.save_projectors(path, params)
+  back = modrwkv.load_projectors(path, CONFIG)
+  for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(params["projectors"])):
+    np.testing.assert_array_equal(x, y)
+  other = modrwkv.ModRWKVConfig(RWKV, (("image", modrwkv.ModalityConfig(
+      "siglip", SIGLIP, proj.ProjectorConfig("vision", 16, 32, None, 4))),))
+  with pytest.raises(ValueError, match=r"image/fc1/bias' has shape \(64,\); this config expects \(128,\)"):
+    modrwkv.load_projectors(path, other)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation.
+
+def test_token_by_token_decoding_equals_one_full_forward(params):
+  p = params["rwkv"]
+  prompt = jnp.asarray([[3, 17, 99, 5, 1024]])
+  logits, state = rwkv7.forward(RWKV, p, prompt)
+  step_logits, tokens = [logits[:, -1]], []
+  done = jnp.zeros((1,), bool)
+  for _ in range(6):
+    tok = jnp.argmax(step_logits[-1], -1).astype(jnp.int32)
+    tokens.append(int(tok[0]))
+    l, state = gen.decode_step(RWKV, p, tok, state, done)
+    step_logits.append(l)
+  full, full_state = rwkv7.forward(RWKV, p, jnp.concatenate([prompt, jnp.asarray([tokens])], 1))
+  np.testing.assert_allclose(jnp.stack(step_logits, 1)[0], full[0, 4:], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(state.wkv, full_state.wkv, rtol=1e-4, atol=1e-5)
+  rows, _ = gen.generate(RWKV, p, [3, 17, 99, 5, 1024], max_new_tokens=6, stop_token=None)
+  assert rows[0] == tokens
+
+
+def test_ragged_batch_equals_one_by_one(params):
+  p = params["rwkv"]
+  prompts = [[5, 6, 7], [9, 8, 7, 6, 5, 4, 3]]
+  T = max(map(len, prompts))
+  ids = np.zeros((2, T), np.int32)
+  mask = np.zeros((2, T), bool)
+  for i, q in enumerate(prompts):  # left padding
+    ids[i, T - len(q):], mask[i, T - len(q):] = q, True
+  batched, _ = gen.generate(RWKV, p, ids, mask=jnp.asarray(mask), max_new_tokens=8, stop_token=None,
+                            temperature=0.0)
+  for q, row in zip(prompts, batched):
+    alone, _ = gen.generate(RWKV, p, q, max_new_tokens=8, stop_token=None)
+    assert row == alone[0]
+
+
+def test_sampling_controls(params):
+  p = params["rwkv"]
+  logits = jax.random.normal(jax.random.key(0), (3, 50))
+  greedy = gen.sample_logits(logits, jax.random.key(1))
+  np.testing.assert_array_equal(gen.sample_logits(logits, jax.random.key(2), temperature=1.0, top_k=1), greedy)
+  np.testing.assert_array_equal(gen.sample_logits(logits, jax.random.key(2), temperature=1.0, top_p=1e-6), greedy)
+  rows, _ = gen.generate(RWKV, p, [1, 2, 3], max_new_tokens=12, stop_token=None, presence_penalty=1e4)
+  assert len(set(rows[0])) == 12  # a huge presence penalty never repeats a token
+  streamed = []
+  rows2, _ = gen.generate(RWKV, p, [1, 2, 3], max_new_tokens=12, stop_token=None, presence_penalty=1e4,
+                          callback=lambda i, t: streamed.append(int(t[0])))
+  assert rows2 == rows and streamed == rows[0]
+
+
+def test_score_ranks_by_log_likelihood(params):
+  p = params["rwkv"]
+  prompt, candidates = [7, 8, 9], [[10], [11, 12], [13, 14, 15]]
+  got = gen.score(RWKV, p, prompt, candidates)
+  for c, value in zip(candidates, got):
+    logits, _ = rwkv7.forward(RWKV, p, jnp.asarray([prompt + c]))
+    logp = np.asarray(jax.nn.log_softmax(logits[0], -1), np.float64)
+    want = sum(logp[len(prompt) - 1 + i, t] for i, t in enumerate(c))
+    np.testing.assert_allclose(value, want, rtol=1e-4, atol=1e-4)
+
+
+def test_decoding_memory_is_constant(params):
+  p = params["rwkv"]
+  _, short = gen.generate(RWKV, p, [1, 2], max_new_tokens=4, stop_token=None)
+  rows, long = gen.generate(RWKV, p, [1, 2], max_new_tokens=1000, stop_token=None)
+  assert len(rows[0]) == 1000
+  for a, b in zip(jax.tree.leaves(short), jax.tree.leaves(long)):
+    assert a.shape == b.shape and a.dtype == b.dtype
+  assert sum(x.size for x in jax.tree.leaves(long)) == 2 * (2 * 32 + 2 * 16 * 16)  # L·B·(2D + H·N²)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat.
+
+def test_chat_carries_state_like_one_long_prompt(params, items):
+  """Two turns through Chat (nothing re-encoded) leave the state of one forward over the whole dialogue."""
+  images, _, _ = items
+  chat = Chat(CONFIG, params, max_new_tokens=5)
+  first = chat.ask("What is it?", image=images[0])
+  second = chat.ask("And now?")
+  assert isinstance(first, str) and isinstance(second, str) and len(chat.history) == 2
+  tok = world_tokenizer()
+  ids = (tok.encode(user_turn("What is it?")) + chat.answer_ids[0] + tok.encode(user_turn("And now?"))
+         + chat.answer_ids[1])
+  seq = jnp.concatenate([_image_tokens(params, images[0]), rwkv7.embed(RWKV, params["rwkv"], jnp.asarray([ids]))[0]])
+  _, whole = rwkv7.forward(RWKV, params["rwkv"], embeddings=seq[None])
+  for x, y in zip(jax.tree.leaves(chat.state), jax.tree.leaves(whole)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="no encoder is configured for modality 'series'"):
+    chat.ask("?", series=np.zeros(8))
+  with pytest.raises(ValueError, match="empty turn"):
+    chat.ask("")
