@@ -203,12 +203,49 @@ def test_projector_checkpoint_round_trip_and_mismatch(params, tmp_path):
   path = tmp_path / "proj.npz"
   modrwkv.save_projectors(path, params)
   back = modrwkv.load_projectors(path, CONFIG)
-  for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(params["projectors"])):
+  assert set(back) == {"projectors"}
+  for x, y in zip(jax.tree.leaves(back["projectors"]), jax.tree.leaves(params["projectors"])):
     np.testing.assert_array_equal(x, y)
   other = modrwkv.ModRWKVConfig(RWKV, (("image", modrwkv.ModalityConfig(
       "siglip", SIGLIP, proj.ProjectorConfig("vision", 16, 32, None, 4))),))
-  with pytest.raises(ValueError, match=r"image/fc1/bias' has shape \(64,\); this config expects \(128,\)"):
+  with pytest.raises(ValueError, match=r"projectors/image/fc1/bias' has shape \(64,\); this config expects \(128,\)"):
     modrwkv.load_projectors(path, other)
+
+
+def test_forecasting_head_predicts_in_revin_units():
+  """Forecast = head(hidden at the last real position); loss = MSE of (target − mean)/std; the
+  de-normalised prediction is pred·std + mean. Checked against numpy on the model's own hidden state."""
+  from modrwkv_jax.models.encoders import timeseries
+  wave = timeseries.WaveNetConfig(in_channels=1, residual_channels=8, skip_channels=8, out_channels=16,
+                                  dilations=(1, 2), num_stacks=1)
+  cfg = modrwkv.ModRWKVConfig(RWKV, (("series", modrwkv.ModalityConfig(
+      "wavenet", wave, proj.ProjectorConfig("series", 16, 32, (4, 4), hidden_mult=2))),), forecast_horizon=3)
+  p = modrwkv.init_params(cfg, jax.random.key(4))
+  rs = np.random.RandomState(5)
+  L = 16
+  n = cfg.modality("series").projector.output_length(L)
+  series = (100 + 10 * rs.randn(2, 1, L)).astype(np.float32)
+  target = (100 + 10 * rs.randn(2, 1, 3)).astype(np.float32)
+  text = [7, 8, 9]
+  T = n + len(text) + 2
+  mask = np.ones((2, T), bool)
+  mask[1, -2:] = False  # right padding: the forecast reads position T − 3 there
+  batch = {"tokens": np.asarray([[0] * n + text + [5, 6]] * 2), "mask": mask, "series": series,
+           "series_mask": np.ones((2, 1, L), bool), "series_pos": np.asarray([list(range(n)) + [-1] * (T - n)] * 2),
+           "target": target}
+  pred, pred_units = modrwkv.forecast(cfg, p, batch)
+  x, m, _ = modrwkv.embed_inputs(cfg, p, batch)
+  hidden, _ = rwkv7.forward(RWKV, p["rwkv"], embeddings=x, mask=m, hidden=True)
+  last = np.asarray([T - 1, T - 3])
+  want = np.stack([np.asarray(hidden)[b, last[b]] for b in range(2)]) @ np.asarray(p["forecast_head"]["kernel"])
+  np.testing.assert_allclose(pred, want + np.asarray(p["forecast_head"]["bias"]), rtol=1e-5, atol=1e-5)
+  mean, std = series[:, 0].mean(-1, keepdims=True), series[:, 0].std(-1, keepdims=True)
+  np.testing.assert_allclose(pred_units, np.asarray(pred) * std + mean, rtol=1e-4)
+  value, metrics = modrwkv.forecast_loss(cfg, p, batch)
+  np.testing.assert_allclose(value, np.mean((np.asarray(pred) - (target[:, 0] - mean) / std) ** 2), rtol=1e-4)
+  np.testing.assert_allclose(metrics["mae"], np.mean(np.abs(np.asarray(pred_units) - target[:, 0])), rtol=1e-4)
+  with pytest.raises(ValueError, match="forecast_horizon = 0"):
+    modrwkv.forecast(CONFIG, p, batch)
 
 
 # ---------------------------------------------------------------------------------------------

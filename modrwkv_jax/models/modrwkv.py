@@ -64,10 +64,12 @@ class ModalityConfig:
 @dataclasses.dataclass(frozen=True)
 class ModRWKVConfig:
   """rwkv: the language model; modalities: ((name, ModalityConfig), ...) with names from MODALITIES;
-  max_length: the longest input sequence (text + modality tokens) accepted."""
+  max_length: the longest input sequence (text + modality tokens) accepted;
+  forecast_horizon: > 0 adds the time-series forecasting head (see `forecast`), 0 = text answers only."""
   rwkv: rwkv7.RWKV7Config
   modalities: tuple[tuple[str, ModalityConfig], ...] = ()
   max_length: int = 4096
+  forecast_horizon: int = 0
 
   def __post_init__(self):
     for name, m in self.modalities:
@@ -212,6 +214,55 @@ def loss(config: ModRWKVConfig, params: Mapping, batch: Mapping):
 
 
 # ---------------------------------------------------------------------------------------------
+# Time-series forecasting head (the alternative to answering with digits as text).
+#
+# Choice: the head predicts the horizon in the series' own RevIN units, (y − mean)/std with the
+# statistics of the observed context (no learnt affine), and the loss is the MSE there. Normalised
+# MSE is scale-free, so series of very different magnitudes (CO₂ ppm, sunspot counts) weigh the
+# same, and it is the metric the forecasting literature reports; `forecast` also returns the
+# de-normalised prediction (pred·std + mean) for plotting and for MSE in the original units.
+
+def _series_stats(batch):
+  """RevIN statistics of each example's first series item: mean, std float32[B, 1] (context only)."""
+  series = jnp.asarray(batch["series"], jnp.float32)[:, 0]
+  if series.ndim == 3:
+    raise ValueError("forecast: multivariate series need a per-variable head; give one variable per item")
+  mask = batch.get("series_mask")
+  mask = jnp.ones(series.shape, bool) if mask is None else jnp.asarray(mask, bool)[:, 0]
+  _, stats = timeseries.revin_normalize(series[..., None], mask)
+  return stats.mean[..., 0], stats.std[..., 0]
+
+
+def forecast(config: ModRWKVConfig, params: Mapping, batch: Mapping):
+  """Forecasts the horizon from the final hidden state at each example's last real position.
+
+  Returns:
+    (normalised prediction float32[B, horizon], prediction in the series' units float32[B, horizon]).
+  """
+  if not config.forecast_horizon:
+    raise ValueError("forecast: this ModRWKVConfig has forecast_horizon = 0 (no forecasting head)")
+  x, mask, _ = embed_inputs(config, params, batch)
+  hidden, _ = rwkv7.forward(config.rwkv, params["rwkv"], embeddings=x, mask=mask, hidden=True)
+  last = jnp.max(jnp.where(mask, jnp.arange(mask.shape[1])[None], -1), axis=1)
+  h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+  head = params["forecast_head"]
+  pred = h @ head["kernel"] + head["bias"]
+  mean, std = _series_stats(batch)
+  return pred, pred * std + mean
+
+
+def forecast_loss(config: ModRWKVConfig, params: Mapping, batch: Mapping):
+  """MSE in RevIN units against batch["target"] float[B, S, horizon] (first item); also the MSE and
+  MAE in the series' units. Returns (loss, metrics)."""
+  pred, pred_units = forecast(config, params, batch)
+  target = jnp.asarray(batch["target"], jnp.float32)[:, 0]
+  mean, std = _series_stats(batch)
+  value = jnp.mean(jnp.square(pred - (target - mean) / std))
+  return value, {"loss": value, "mse": jnp.mean(jnp.square(pred_units - target)),
+                 "mae": jnp.mean(jnp.abs(pred_units - target))}
+
+
+# ---------------------------------------------------------------------------------------------
 # Parameters and checkpoints.
 
 def _encoder_init(m: ModalityConfig, key):
@@ -229,6 +280,10 @@ def init_params(config: ModRWKVConfig, key: jax.Array, encoder_params: Mapping |
     params["encoders"][name] = (encoder_params[name] if name in encoder_params
                                 else _encoder_init(m, jax.random.fold_in(k_enc, i)))
     params["projectors"][name] = proj.init_params(m.projector, jax.random.fold_in(k_proj, i))
+  if config.forecast_horizon:
+    D, H = config.rwkv.n_embd, config.forecast_horizon
+    params["forecast_head"] = {"kernel": jax.random.normal(jax.random.fold_in(k_proj, 99), (D, H)) / np.sqrt(D),
+                               "bias": jnp.zeros((H,), jnp.float32)}
   return params
 
 
@@ -237,34 +292,42 @@ def abstract_params(config: ModRWKVConfig):
   return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
 
 
+TRAINED_PARTS = ("projectors", "forecast_head")  # what ModRWKV trains on top of pretrained weights
+
+
+def _trained(tree: Mapping) -> dict:
+  return {k: tree[k] for k in TRAINED_PARTS if k in tree}
+
+
+def _path_name(kp) -> str:
+  return "/".join(str(getattr(k, "key", k)) for k in kp)
+
+
 def save_projectors(path: str | os.PathLike, params: Mapping) -> None:
-  """Writes the trained projectors (small) as an .npz with '/'-joined names."""
-  flat = {"/".join(str(getattr(k, "key", k)) for k in kp): np.asarray(v)
-          for kp, v in jax.tree_util.tree_leaves_with_path(params["projectors"])}
-  np.savez(path, **flat)
+  """Writes the trained parts (projectors, forecasting head) as a small .npz with '/'-joined names."""
+  np.savez(path, **{_path_name(kp): np.asarray(v) for kp, v in jax.tree_util.tree_leaves_with_path(_trained(params))})
 
 
 def load_projectors(path: str | os.PathLike, config: ModRWKVConfig) -> dict:
-  """Reads `save_projectors` output, checking every modality's names and shapes against `config`."""
+  """Reads `save_projectors` output as {"projectors": ..., ["forecast_head": ...]}, checking every name
+  and shape against `config`."""
   path = os.fspath(path)
   with np.load(path) as f:
     stored = {k: f[k] for k in f.files}
-  want = abstract_params(config)["projectors"]
   out = {}
-  for kp, leaf in jax.tree_util.tree_leaves_with_path(want):
-    name = "/".join(str(getattr(k, "key", k)) for k in kp)
+  for kp, leaf in jax.tree_util.tree_leaves_with_path(_trained(abstract_params(config))):
+    name = _path_name(kp)
     if name not in stored:
-      raise KeyError(f"{path}: missing projector tensor {name!r}; was it saved for another ModRWKV config?")
+      raise KeyError(f"{path}: missing tensor {name!r}; was it saved for another ModRWKV config?")
     if stored[name].shape != leaf.shape:
-      raise ValueError(f"{path}: projector tensor {name!r} has shape {stored[name].shape}; this config expects "
-                       f"{leaf.shape}")
+      raise ValueError(f"{path}: tensor {name!r} has shape {stored[name].shape}; this config expects {leaf.shape}")
     node = out
     keys = name.split("/")
     for k in keys[:-1]:
       node = node.setdefault(k, {})
     node[keys[-1]] = jnp.asarray(stored.pop(name))
   if stored:
-    raise ValueError(f"{path}: unexpected projector tensors {sorted(stored)[:5]} for this config")
+    raise ValueError(f"{path}: unexpected tensors {sorted(stored)[:5]} for this config")
   return out
 
 
@@ -282,5 +345,5 @@ def load(config: ModRWKVConfig, rwkv_path: str | os.PathLike, encoder_paths: Map
                        f"{m.encoder_config}")
     params["encoders"][name] = enc_params
   if projector_path is not None:
-    params["projectors"] = load_projectors(projector_path, config)
+    params.update(load_projectors(projector_path, config))
   return params

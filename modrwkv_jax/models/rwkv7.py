@@ -393,14 +393,15 @@ class RWKV7(nn.Module):
     """Touches every submodule (for init): embeds tokens, then runs the model."""
     return self(self.embed(tokens), state)
 
-  def __call__(self, x, state: RWKV7State, mask=None):
+  def __call__(self, x, state: RWKV7State, mask=None, hidden: bool = False):
     """
     Args:
       x: float[B, T, D] input embeddings (token or modality), before ln0.
       state: RWKV7State with batch B.
       mask: bool[B, T] True at real positions, or None.
+      hidden: return the final hidden states (after ln_out, float32[B, T, D]) instead of logits.
     Returns:
-      (logits float32[B, T, V], new RWKV7State).
+      (logits float32[B, T, V] or hidden float32[B, T, D], new RWKV7State).
     """
     x = nn.with_logical_constraint(self.ln0(x.astype(self.config.compute_dtype)), ("batch", "length", "embed"))
     indices = None if mask is None else shift_indices(mask)
@@ -409,8 +410,12 @@ class RWKV7(nn.Module):
       x, (a, w, f), v_first = block(x, (state.att_shift[i], state.wkv[i], state.ffn_shift[i]), v_first,
                                     indices, mask)
       att.append(a), wkv.append(w), ffn.append(f)
-    logits = nn.with_logical_constraint(self.head(self.ln_out(x)), ("batch", "length", "vocab"))
-    return logits, RWKV7State(jnp.stack(att), jnp.stack(wkv), jnp.stack(ffn))
+    new_state = RWKV7State(jnp.stack(att), jnp.stack(wkv), jnp.stack(ffn))
+    x = self.ln_out(x)
+    if hidden:
+      return x.astype(jnp.float32), new_state
+    logits = nn.with_logical_constraint(self.head(x), ("batch", "length", "vocab"))
+    return logits, new_state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,7 +477,7 @@ def embed(config: RWKV7Config, params: Mapping, tokens) -> jax.Array:
 
 
 def forward(config: RWKV7Config, params: Mapping, tokens=None, state: RWKV7State | None = None, *,
-            embeddings=None, mask=None):
+            embeddings=None, mask=None, hidden: bool = False):
   """Runs the model over a sequence, continuing from `state`.
 
   Args:
@@ -484,8 +489,10 @@ def forward(config: RWKV7Config, params: Mapping, tokens=None, state: RWKV7State
       modality tokens concatenated with `embed(config, params, text_tokens)`); they go through ln0.
     mask: bool[B, T], True at real tokens. Padding positions leave every part of the state
       untouched and do not affect real positions; their logits are meaningless.
+    hidden: return the final hidden states (after ln_out) float32[B, T, D] instead of logits
+      (for task heads such as time-series forecasting).
   Returns:
-    (logits float32[B, T, V], new RWKV7State).
+    (logits float32[B, T, V] or hidden float32[B, T, D], new RWKV7State).
   """
   if (tokens is None) == (embeddings is None):
     raise ValueError("forward: pass exactly one of tokens (int[B, T]) or embeddings (float[B, T, D])")
@@ -510,7 +517,7 @@ def forward(config: RWKV7Config, params: Mapping, tokens=None, state: RWKV7State
     raise ValueError(f"forward: mask has shape {tuple(mask.shape)}; expected [B, T] = {(batch, length)}")
   state = init_state(config, batch) if state is None else state
   _check_state(config, state, batch)
-  return model.apply({"params": params}, embeddings, state, None if mask is None else mask.astype(bool))
+  return model.apply({"params": params}, embeddings, state, None if mask is None else mask.astype(bool), hidden)
 
 
 # ---------------------------------------------------------------------------------------------
