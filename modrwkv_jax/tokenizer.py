@@ -15,6 +15,7 @@ import ast
 import functools
 import importlib.resources
 import os
+import threading
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -143,7 +144,16 @@ def pad_batch(batch: Sequence[Sequence[int]], length: int | None = None, *,
   return tokens, mask
 
 
-@functools.lru_cache(maxsize=None)
+_LOAD_LOCK = threading.Lock()
+
+
 def world_tokenizer() -> WorldTokenizer:
-  """The packaged World tokenizer, parsed once per process (about 0.5 s)."""
+  """The packaged World tokenizer, parsed once per process (about 0.5 s); safe to call from threads
+  (data-loader threads race on the first call; `ast.literal_eval` is not re-entrant on Python 3.11)."""
+  with _LOAD_LOCK:
+    return _load_world_tokenizer()
+
+
+@functools.lru_cache(maxsize=None)
+def _load_world_tokenizer() -> WorldTokenizer:
   return WorldTokenizer()

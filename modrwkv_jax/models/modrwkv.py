@@ -12,8 +12,10 @@ Batches (numpy or jax dicts, built by `modrwkv_jax.data`) follow one schema; for
     mask     bool[B, T]    True at real positions
     m        float[B, I, ...]       the items' encoder inputs (pixels, log-mel / waveform, series)
     m_mask   bool[B, I, ...]        optional input mask (audio frames/samples, series steps)
-    m_pos    int32[B, T]   at a modality position, i·L'_m + j for the j-th token of item i, −1 elsewhere;
-                           L'_m = `capacity(config, m, item_shape)`, the projector's output length.
+    m_pos    int32[B, T]   at a modality position, i·L_m + j for the j-th token of item i, −1 elsewhere;
+                           L_m = the most real tokens of any item of m in the batch (at least 1)
+    image_spatial_shapes   int32[B, I, 2] (SigLIP2 NaFlex only; image is then [B, I, N, p·p·3]
+                           and image_mask bool[B, I, N] marks the real patches)
 
 Both layouts of the paper are just different `m_pos` maps: prefix (all modality tokens, then the
 text — the paper's format) and placeholder (tokens where the text said <image>/<audio>/<series>).
@@ -92,10 +94,13 @@ class ModRWKVConfig:
 # ---------------------------------------------------------------------------------------------
 # Encoding items.
 
-def _run_encoder(m: ModalityConfig, params, inputs, mask):
+def _run_encoder(m: ModalityConfig, params, inputs, mask, spatial_shapes=None):
   """Encoder forward normalised to (features float[N, L, C], mask bool[N, L])."""
   module, _ = ENCODERS[m.encoder]
   opts = dict(m.encoder_options)
+  if m.encoder == "siglip" and spatial_shapes is not None:  # NaFlex: patches + patch mask + grid shapes
+    out = module.forward(m.encoder_config, params, inputs, mask, spatial_shapes, **opts)
+    return out, mask.astype(bool)
   if m.encoder in ("siglip", "clip"):
     out = module.forward(m.encoder_config, params, inputs, **opts)
     return out, jnp.ones(out.shape[:2], bool)
@@ -105,18 +110,19 @@ def _run_encoder(m: ModalityConfig, params, inputs, mask):
   return feats, out_mask
 
 
-def encode_items(config: ModRWKVConfig, params: Mapping, name: str, inputs, mask=None):
+def encode_items(config: ModRWKVConfig, params: Mapping, name: str, inputs, mask=None, spatial_shapes=None):
   """Encodes a flat batch of items of one modality into RWKV embedding tokens.
 
   Args:
     inputs: float[N, ...] encoder inputs (pixels [N, H, W, 3]; log-mel [N, F, n_mels] or samples
       [N, S]; series [N, L] or [N, L, V]).
-    mask: bool[N, ...] input mask (audio, series) or None.
+    mask: bool[N, ...] input mask (audio, series, NaFlex patches) or None.
+    spatial_shapes: int[N, 2] patch grids of SigLIP2 NaFlex images, else None.
   Returns:
     (tokens float32[N, L', D], token_mask bool[N, L']) — real tokens first in each row.
   """
   m = config.modality(name)
-  feats, fmask = _run_encoder(m, params["encoders"][name], inputs, mask)
+  feats, fmask = _run_encoder(m, params["encoders"][name], inputs, mask, spatial_shapes)
   if not m.train_encoder:
     feats = jax.lax.stop_gradient(feats)
   return proj.forward(m.projector, params["projectors"][name], feats, fmask)
@@ -134,7 +140,7 @@ def capacity(config: ModRWKVConfig, name: str, item_shape: tuple[int, ...]) -> i
 def num_tokens(config: ModRWKVConfig, name: str, input_length: int) -> int:
   """Real tokens of one item with `input_length` real input steps (frames, samples or series steps).
 
-  Images always give `capacity`. This is the `num_tokens` callable the data pipeline needs.
+  Images always give `capacity`. `pipeline_num_tokens` wraps this for the data pipeline.
   """
   m = config.modality(name)
   c = m.encoder_config
@@ -151,6 +157,16 @@ def num_tokens(config: ModRWKVConfig, name: str, input_length: int) -> int:
   else:
     length = input_length
   return m.projector.output_length(length)
+
+
+def pipeline_num_tokens(config: ModRWKVConfig, name: str, hop_length: int = 160):
+  """The `num_tokens(n)` callable of `data.transforms` for modality `name`, whose n is the data layer's
+  measure of an item: pixels (images: ignored, fixed count), 16 kHz samples (audio; Whisper frames
+  are ⌈n / hop⌉ since frame t is real iff t·hop < n), steps (series)."""
+  m = config.modality(name)
+  if m.encoder == "whisper":
+    return lambda n: num_tokens(config, name, -(-int(n) // hop_length))
+  return lambda n: num_tokens(config, name, int(n))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,10 +194,17 @@ def embed_inputs(config: ModRWKVConfig, params: Mapping, batch: Mapping):
     mask = batch.get(f"{name}_mask")
     if mask is not None:
       mask = jnp.asarray(mask, bool).reshape(B * I, *mask.shape[2:])
-    tok, _ = encode_items(config, params, name, flat, mask)
+    shapes = batch.get(f"{name}_spatial_shapes")
+    if shapes is not None:
+      shapes = jnp.asarray(shapes, jnp.int32).reshape(B * I, 2)
+    tok, tok_mask = encode_items(config, params, name, flat, mask, shapes)
     L = tok.shape[1]
     tok = tok.reshape(B, I * L, tok.shape[-1])
-    picked = jnp.take_along_axis(tok, jnp.clip(pos, 0, I * L - 1)[..., None], axis=1)
+    # pos = i·L_m + j with L_m the most real tokens of any item (the data layer's convention);
+    # our rows hold L >= L_m slots per item, so re-index to i·L + j.
+    L_m = jnp.maximum(tok_mask.sum(-1).max(), 1)
+    index = jnp.where(pos >= 0, (pos // L_m) * L + pos % L_m, 0)
+    picked = jnp.take_along_axis(tok, jnp.clip(index, 0, I * L - 1)[..., None], axis=1)
     x = jnp.where((pos >= 0)[..., None], picked, x)
     positions[name] = pos
   mask = jnp.asarray(batch["mask"], bool) if "mask" in batch else jnp.ones((B, T), bool)
