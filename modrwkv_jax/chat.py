@@ -27,6 +27,11 @@ def user_turn(text: str) -> str:
   return f"\x16User: {text}\x17\x16Assistant:"
 
 
+def user_turn_ids(tokenizer, text: str) -> list[int]:
+  """`user_turn` tokenized with training's token boundaries: tok("\x16User: {q}\x17") ++ tok("\x16Assistant:")."""
+  return tokenizer.encode(f"\x16User: {text}\x17") + tokenizer.encode("\x16Assistant:")
+
+
 def modality_tokens(config: modrwkv.ModRWKVConfig, params: Mapping, name: str, inputs, mask=None):
   """One item's real modality tokens: float32[L_real, D] (inputs without a batch axis)."""
   x = jnp.asarray(inputs, jnp.float32)[None]
@@ -77,7 +82,7 @@ class Chat:
       raise ValueError("Chat.ask: empty turn (no text and no modality item)")
     items = {k: v for k, v in (("image", image), ("audio", audio), ("series", series)) if v is not None}
     pieces = self._items(items)
-    ids = self.tokenizer.encode(user_turn(text))
+    ids = user_turn_ids(self.tokenizer, text)
     text_emb = rwkv7.embed(self.config.rwkv, self.params["rwkv"], jnp.asarray([ids], jnp.int32))[0]
     x = jnp.concatenate([*pieces, text_emb.astype(jnp.float32)], axis=0)[None]
     if x.shape[1] > self.config.max_length:

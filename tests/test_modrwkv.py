@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from modrwkv_jax import generate as gen
-from modrwkv_jax.chat import Chat, user_turn
+from modrwkv_jax.chat import Chat, user_turn, user_turn_ids
 from modrwkv_jax.models import modrwkv, rwkv7
 from modrwkv_jax.models import projector as proj
 from modrwkv_jax.models.encoders import siglip, whisper
@@ -330,7 +330,7 @@ def test_chat_carries_state_like_one_long_prompt(params, items):
   second = chat.ask("And now?")
   assert isinstance(first, str) and isinstance(second, str) and len(chat.history) == 2
   tok = world_tokenizer()
-  ids = (tok.encode(user_turn("What is it?")) + chat.answer_ids[0] + tok.encode(user_turn("And now?"))
+  ids = (user_turn_ids(tok, "What is it?") + chat.answer_ids[0] + user_turn_ids(tok, "And now?")
          + chat.answer_ids[1])
   seq = jnp.concatenate([_image_tokens(params, images[0]), rwkv7.embed(RWKV, params["rwkv"], jnp.asarray([ids]))[0]])
   _, whole = rwkv7.forward(RWKV, params["rwkv"], embeddings=seq[None])
