@@ -171,6 +171,12 @@ def test_placeholder_layout_two_images_and_one_audio(params, items):
   np.testing.assert_allclose(x[0], want, rtol=1e-6, atol=1e-6)
 
 
+def test_sequence_longer_than_max_length_is_refused(params):
+  batch = {"tokens": np.ones((1, 300), np.int32), "mask": np.ones((1, 300), bool)}
+  with pytest.raises(ValueError, match="the sequence has 300 positions; max_length is 256"):
+    modrwkv.forward(CONFIG, params, batch)
+
+
 def test_loss_counts_only_labelled_positions(params, items):
   images, _, _ = items
   rs = np.random.RandomState(3)
