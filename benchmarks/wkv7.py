@@ -29,7 +29,6 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # rwkv-ops picks its backend at i
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine  # noqa: E402
@@ -234,7 +233,7 @@ def main(argv=None):
   import json  # pylint: disable=g-import-not-at-top
   with open(out, "w") as f:
     json.dump(result, f, indent=2)
-  print(f"\nmatmul peak measured: " + ", ".join(f"{d} {p / 1e9:.1f} GFLOP/s" for d, p in peaks.items()))
+  print("\nmatmul peak measured: " + ", ".join(f"{d} {p / 1e9:.1f} GFLOP/s" for d, p in peaks.items()))
   print(f"-> {out}")
   return 0
 

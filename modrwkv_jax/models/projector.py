@@ -14,11 +14,11 @@ Kernels are Flax layout: Linear [in, out], Conv1d [k, in, out] (torch [out, in, 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from modrwkv_jax.models.conv import Conv1d
 
 ADAPTERS = ("vision", "audio", "series")
 
@@ -68,29 +68,6 @@ def _prefix_mask(lengths, size):
   return jnp.arange(size)[None, :] < lengths[:, None]
 
 
-class Conv1d(nn.Module):
-  """x: float[N, L, C_in] -> float[N, L', C_out]; kernel [k, C_in, C_out], optional bias."""
-  features: int
-  kernel_size: int
-  stride: int
-  padding: int = 0
-  use_bias: bool = False
-  axes: tuple = (None, "enc_embed", "enc_embed")
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    k = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), self.axes),
-                   (self.kernel_size, x.shape[-1], self.features))
-    y = jax.lax.conv_general_dilated(x.astype(self.dtype), k.astype(self.dtype), (self.stride,),
-                                     [(self.padding, self.padding)], dimension_numbers=("NWC", "WIO", "NWC"),
-                                     preferred_element_type=jnp.float32)
-    if self.use_bias:
-      y = y + self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[-1],)),
-                         (self.features,))
-    return y
-
-
 def _dense(features, axes, name, dtype):
   return nn.Dense(features, dtype=dtype, name=name,
                   kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
@@ -112,7 +89,7 @@ class Projector(nn.Module):
     x = jnp.where(mask[..., None], x, 0)
     if cfg.compressor is not None:
       k, s = cfg.compressor
-      x = Conv1d(x.shape[-1], k, s, dtype=dt, name="compressor")(x)
+      x = Conv1d(x.shape[-1], k, ("enc_embed", "enc_embed"), stride=s, use_bias=False, dtype=dt, name="compressor")(x)
       lengths = conv_length(lengths, k, s)
     D = cfg.out_features
     if cfg.kind == "vision":
@@ -124,7 +101,7 @@ class Projector(nn.Module):
       out = h + ln(h)
     elif cfg.kind == "audio":
       x = jnp.where(_prefix_mask(lengths, x.shape[1])[..., None], x, 0)
-      h = Conv1d(2 * D, 3, 2, padding=2, use_bias=True, axes=(None, "enc_embed", "mlp"), dtype=dt, name="conv")(x)
+      h = Conv1d(2 * D, 3, ("enc_embed", "mlp"), stride=2, padding=2, dtype=dt, name="conv")(x)
       lengths = jnp.where(lengths > 0, conv_length(lengths, 3, 2, 2), 0)
       h = _dense(2 * D, ("mlp", "mlp"), "fc1", dt)(h)
       out = _dense(D, ("mlp", "embed"), "fc2", dt)(jax.nn.relu(h)).astype(jnp.float32)

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from modrwkv_jax.models.encoders import transformer
-from modrwkv_jax.models.encoders.whisper import Conv1d
+from modrwkv_jax.models.conv import Conv1d
 
 REVIN_EPS = 1e-5  # std = sqrt(var + 1e-5): a constant series maps to 0, not inf
 

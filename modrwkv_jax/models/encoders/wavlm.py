@@ -60,7 +60,7 @@ import numpy as np
 from modrwkv_jax import tensor_files
 from modrwkv_jax.models.encoders import transformer
 from modrwkv_jax.models.encoders.hf_snapshot import Snapshot, read_config
-from modrwkv_jax.models.encoders.whisper import Conv1d, conv1d
+from modrwkv_jax.models.conv import Conv1d, conv1d
 
 CONV_NORM_EPS = 1e-5  # torch GroupNorm / LayerNorm defaults inside the feature encoder
 
