@@ -254,6 +254,29 @@ def test_forecasting_head_predicts_in_revin_units():
     modrwkv.forecast(CONFIG, p, batch)
 
 
+def test_load_assembles_pth_snapshot_and_projectors(params, tmp_path):
+  """modrwkv.load = rwkv7 .pth + HF snapshot (SiglipVisionModel.save_pretrained) + our projector file."""
+  import transformers
+  hf = transformers.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, patch_size=8, image_size=16)
+  torch.manual_seed(0)
+  transformers.SiglipVisionModel(hf).save_pretrained(tmp_path / "siglip")
+  vcfg, vparams = siglip.load_hf(tmp_path / "siglip")
+  config = modrwkv.ModRWKVConfig(RWKV, (("image", modrwkv.ModalityConfig(
+      "siglip", vcfg, CONFIG.modality("image").projector)),), max_length=256)
+  rwkv7.save_pth(RWKV, params["rwkv"], tmp_path / "rwkv.pth")
+  modrwkv.save_projectors(tmp_path / "proj.npz", {"projectors": {"image": params["projectors"]["image"]}})
+  loaded = modrwkv.load(config, tmp_path / "rwkv.pth", {"image": str(tmp_path / "siglip")}, tmp_path / "proj.npz")
+  for got, want in ((loaded["rwkv"], params["rwkv"]), (loaded["encoders"]["image"], vparams),
+                    (loaded["projectors"]["image"], params["projectors"]["image"])):
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  with pytest.raises(ValueError, match="differs from the configured one"):
+    modrwkv.load(CONFIG.__class__(RWKV, (("image", modrwkv.ModalityConfig(
+        "siglip", SIGLIP.__class__(**{**vars(vcfg), "num_layers": 2}), CONFIG.modality("image").projector)),)),
+        tmp_path / "rwkv.pth", {"image": str(tmp_path / "siglip")})
+
+
 # ---------------------------------------------------------------------------------------------
 # Generation.
 

@@ -362,7 +362,8 @@ def load(config: ModRWKVConfig, rwkv_path: str | os.PathLike, encoder_paths: Map
   params["rwkv"] = rwkv7.load_pth(rwkv_path, config.rwkv)[1]
   for name, path in (encoder_paths or {}).items():
     m = config.modality(name)
-    enc_config, enc_params = ENCODERS[m.encoder][0].load_hf(path)
+    dtype = getattr(m.encoder_config, "dtype", None)
+    enc_config, enc_params = ENCODERS[m.encoder][0].load_hf(path, **({"dtype": dtype} if dtype else {}))
     if m.encoder_config is not None and enc_config != m.encoder_config:
       raise ValueError(f"{path}: the snapshot's {m.encoder} config {enc_config} differs from the configured one "
                        f"{m.encoder_config}")
