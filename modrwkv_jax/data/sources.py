@@ -142,13 +142,8 @@ class _JsonRecords:
     return item
 
 
-class LlavaSource:
-  """LLaVA-format conversations (JSON list or JSONL), media paths relative to `root`.
-
-  Args:
-    path: the .json / .jsonl file.
-    root: folder the "image" / "audio" / "series" paths are relative to (default: the file's folder).
-  """
+class _JsonSource:
+  """A JSON / JSONL file of records with media paths relative to `root` (default: the file's folder)."""
 
   def __init__(self, path: str | os.PathLike, *, root: str | os.PathLike | None = None):
     self._records = _JsonRecords(path)
@@ -159,7 +154,16 @@ class LlavaSource:
     return len(self._records)
 
   def __repr__(self) -> str:
-    return f"LlavaSource({self.path!r}, {len(self)} records)"
+    return f"{type(self).__name__}({self.path!r}, {len(self)} records)"
+
+
+class LlavaSource(_JsonSource):
+  """LLaVA-format conversations (JSON list or JSONL), media paths relative to `root`.
+
+  Args:
+    path: the .json / .jsonl file.
+    root: folder the "image" / "audio" / "series" paths are relative to (default: the file's folder).
+  """
 
   def __getitem__(self, index: int) -> dict:
     raw = self._records.get(index)
@@ -175,24 +179,13 @@ class LlavaSource:
     return record
 
 
-class AudioManifestSource:
+class AudioManifestSource(_JsonSource):
   """A JSONL audio manifest: {"id", "audio": path, "text": str, "question": optional str} per line.
 
   ASR records (no question) become `[audio] ++ "\\x16Assistant: {text}\\x17"`; audio-QA records
   `[audio] ++ "\\x16User: {question}\\x17" ++ "\\x16Assistant: {text}\\x17"`. The audio goes in the
   preamble ("<audio>") unless the question itself holds an "<audio>" placeholder.
   """
-
-  def __init__(self, path: str | os.PathLike, *, root: str | os.PathLike | None = None):
-    self._records = _JsonRecords(path)
-    self.path = self._records.path
-    self.root = os.fspath(root) if root is not None else os.path.dirname(os.path.abspath(self.path))
-
-  def __len__(self) -> int:
-    return len(self._records)
-
-  def __repr__(self) -> str:
-    return f"AudioManifestSource({self.path!r}, {len(self)} records)"
 
   def __getitem__(self, index: int) -> dict:
     raw = self._records.get(index)

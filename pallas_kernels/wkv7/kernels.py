@@ -14,8 +14,8 @@ Two kernel layouts share the per-chunk algebra of `chunk_math`:
 
 On the CPU both layouts run with `interpret=True` (that is how the tests exercise them). The
 backward kernels walk the chunks in reverse with the state cotangent as carry/scratch and
-recompute the chunk-local matrices from the inputs, so the residuals are exactly the inputs plus
-the per-chunk entering states (float32[B·H, n_chunks, N, N]).
+recompute the chunk-local matrices from the inputs, so the residuals are exactly the inputs (kept in
+the kernel layout, padded by < C steps) plus the per-chunk entering states (float32[B·H, n_chunks, N, N]).
 
 Layout at the kernel boundary: [B·H, T_pad, N] (one contiguous row block per head), T padded at the
 end to a multiple of C with log_w = 0 and k = v = a = b = 0, which leaves the state unchanged.
@@ -217,7 +217,7 @@ def _forward(r, log_w, k, v, a, b, h0, chunk_size, backend):
   xs = [_to_heads(x, Tp) for x in (r, log_w, k, v, a, b)]
   run = _grid_forward if _layout(backend) == "grid" else _loop_forward
   out, final, hs = run(xs, h0.reshape(B * H, N, N).astype(_F32), chunk_size, backend)
-  return _from_heads(out, B, H, T), final.reshape(B, H, N, N), hs
+  return _from_heads(out, B, H, T), final.reshape(B, H, N, N), (xs, hs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
@@ -237,17 +237,18 @@ def wkv7_pallas(r, log_w, k, v, a, b, initial_state, chunk_size=16, backend=None
 
 
 def _fwd(r, log_w, k, v, a, b, initial_state, chunk_size, backend):
-  out, final, hs = _forward(r, log_w, k, v, a, b, initial_state, chunk_size, backend or default_backend())
-  return (out, final), (r, log_w, k, v, a, b, initial_state, hs)
+  # Residuals: the inputs already in the kernels' head-major padded layout (so the backward does not
+  # transpose them again), the initial state and the per-chunk entering states.
+  out, final, (xs, hs) = _forward(r, log_w, k, v, a, b, initial_state, chunk_size, backend or default_backend())
+  return (out, final), (xs, initial_state, hs)
 
 
 def _bwd(chunk_size, backend, res, cotangents):
   backend = backend or default_backend()
-  r, log_w, k, v, a, b, h0, hs = res
+  xs, h0, hs = res
   d_out, d_final = cotangents
-  B, T, H, N = r.shape
+  B, T, H, N = d_out.shape
   Tp = hs.shape[1] * chunk_size
-  xs = [_to_heads(x, Tp) for x in (r, log_w, k, v, a, b)]
   run = _grid_backward if _layout(backend) == "grid" else _loop_backward
   *grads, dh0 = run(xs, hs, _to_heads(d_out.astype(_F32), Tp), d_final.reshape(B * H, N, N).astype(_F32),
                     chunk_size, backend)
