@@ -29,8 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from modrwkv_jax import layers
+from modrwkv_jax import peft
+from modrwkv_jax import sharding
 from modrwkv_jax.ops.wkv7 import resolve_impl, wkv7
-from modrwkv_jax.peft import adapters as peft_adapters
 from modrwkv_jax.tensor_files import read_pth, read_safetensors_dir, write_pth
 
 # log_w = -exp(-0.5) * sigmoid(z) keeps the per-step decay exp(log_w) in (0.545, 1).
@@ -43,6 +45,23 @@ L2_EPS = 1e-12  # torch.nn.functional.normalize
 # ---------------------------------------------------------------------------------------------
 # Config.
 
+REMAT_CHOICES = ("none", "block")  # or the name of a jax.checkpoint_policies attribute
+
+
+def remat_policy(remat: str, owner: str = "config"):
+  """`remat` -> (wrap?, policy): "none" (no rematerialisation), "block" (save only the block inputs:
+  recompute everything inside in the backward), or a `jax.checkpoint_policies` name
+  (e.g. "dots_with_no_batch_dims_saveable", "nothing_saveable")."""
+  if remat == "none":
+    return False, None
+  if remat == "block":
+    return True, None
+  policy = getattr(jax.checkpoint_policies, remat, None)
+  if policy is None or not callable(policy):
+    names = sorted(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
+    raise ValueError(f"{owner}.remat={remat!r}: choose 'none', 'block' or a jax.checkpoint_policies name: {names}")
+  return True, policy
+
 
 @dataclasses.dataclass(frozen=True)
 class RWKV7Config:
@@ -50,6 +69,9 @@ class RWKV7Config:
 
   dtype is the compute dtype ("float32" or "bfloat16"); the state is always float32.
   wkv_impl / wkv_chunk_size choose the WKV-7 implementation (see modrwkv_jax.ops.wkv7).
+  scan_layers: the blocks' params are stacked under "blocks" with a leading `layers` axis and run
+    by one `nn.scan` (compile time independent of depth); False keeps "blocks_0" ... "blocks_{L-1}".
+  remat: "none", "block" or a `jax.checkpoint_policies` name, applied to every block.
   """
   vocab_size: int = 65536
   n_layer: int = 12
@@ -63,6 +85,8 @@ class RWKV7Config:
   dtype: str = "float32"
   wkv_impl: str = "auto"
   wkv_chunk_size: int = 16
+  scan_layers: bool = False
+  remat: str = "none"
 
   def __post_init__(self):
     for field in ("vocab_size", "n_layer", "n_embd", "head_size", "dim_w", "dim_a", "dim_v", "dim_g",
@@ -76,6 +100,9 @@ class RWKV7Config:
       raise ValueError(f"RWKV7Config.dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
     if self.wkv_impl != "auto":
       resolve_impl(self.wkv_impl)  # raises on an unknown name
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"RWKV7Config.scan_layers must be a bool, got {self.scan_layers!r}")
+    remat_policy(self.remat, "RWKV7Config")
 
   @property
   def n_head(self) -> int:
@@ -111,31 +138,41 @@ def preset(name: str, **overrides) -> RWKV7Config:
 # From-scratch initialisation (RWKV-LM train_temp, DESIGN §2.2).
 
 
-def _layer_init_values(config: RWKV7Config, layer: int) -> dict[str, np.ndarray]:
-  """The deterministic per-channel initial values of one layer, float64."""
+def _layer_init_values(config: RWKV7Config, layer, xp=np) -> dict:
+  """The deterministic per-channel initial values of one layer.
+
+  `layer` is a Python int (xp=np: float64 numpy) or a traced int32 scalar inside the layer scan
+  (xp=jnp: float32, equal to the float64 values to ~1e-7 relative).
+  """
   L, D, N = config.n_layer, config.n_embd, config.head_size
-  n = np.arange(D, dtype=np.float64)
-  r01 = layer / (L - 1) if L > 1 else 0.0
-  r1 = 1.0 - layer / L
+  f = np.float64 if xp is np else jnp.float32
+  n = xp.arange(D, dtype=f)
+  layer = xp.asarray(layer, f)
+  r01 = layer / (L - 1) if L > 1 else layer * 0
+  r1 = 1.0 - layer / L  # in (0, 1]: ddd ** (c · r1) stays finite
   ddd = n / D
   linear = n / (D - 1) - 0.5
   z = ((n % N) - (N - 1) / 2) / ((N - 1) / 2)
-  zig = z * np.abs(z)
+  zig = z * xp.abs(z)
   www = -6 + 6 * (n / (D - 1)) ** (1 + r01**0.3)
+  ones = xp.ones(D, f)
   return {
       "x_r": 1 - ddd ** (0.2 * r1), "x_w": 1 - ddd ** (0.9 * r1), "x_k": 1 - ddd ** (0.7 * r1),
       "x_v": 1 - ddd ** (0.7 * r1), "x_a": 1 - ddd ** (0.9 * r1), "x_g": 1 - ddd ** (0.2 * r1),
       "w0": www + 0.5 + 2.5 * zig, "a0": -0.19 + 0.3 * zig + 0.4 * linear, "v0": 0.73 - 0.4 * linear,
-      "k_k": 0.71 - 0.1 * linear, "k_a": np.full(D, 1.02), "r_k": np.full((D // N, N), -0.04),
-      "ln_x": np.full(D, ((layer + 1) / L) ** 0.7), "ffn_x_k": 1 - ddd ** (r1**4),
+      "k_k": 0.71 - 0.1 * linear, "k_a": 1.02 * ones, "r_k": xp.full((D // N, N), -0.04, f),
+      "ln_x": ones * ((layer + 1) / L) ** 0.7, "ffn_x_k": 1 - ddd ** (r1**4),
   }
 
 
-def _const(value: np.ndarray) -> Callable:
-  def init(key, shape, dtype=jnp.float32):
+def _layer_const(config: RWKV7Config, name: str) -> Callable:
+  """Initializer init(key, shape, layer) of the per-layer constant `name` (layer may be traced)."""
+  def init(key, shape, layer, dtype=jnp.float32):
     del key
-    if tuple(shape) != value.shape:
-      raise ValueError(f"initial value has shape {value.shape}, parameter has {tuple(shape)}")
+    xp = np if isinstance(layer, (int, np.integer)) else jnp
+    value = _layer_init_values(config, layer, xp)[name]
+    if tuple(shape) != tuple(value.shape):
+      raise ValueError(f"initial value of {name} has shape {value.shape}, parameter has {tuple(shape)}")
     return jnp.asarray(value, dtype)
   return init
 
@@ -154,8 +191,8 @@ def _orthogonal(scale: float, torch_shape: tuple[int, int] | None = None) -> Cal
   return init
 
 
-def _param(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...], axes: tuple):
-  return module.param(name, nn.with_logical_partitioning(init, axes), shape)
+def _param(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...], axes: tuple, *init_args):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, *init_args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,51 +232,19 @@ def token_shift(x, shift_state, indices=None):
   return prev, last
 
 
-def _mm(x, w, dtype):
-  """x @ w in `dtype` with float32 accumulation; returns float32."""
-  return jnp.einsum("...i,io->...o", x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
-
-
-class Linear(nn.Module):
-  """Bias-free projection y = x @ kernel; kernel float[in, out] is the torch weight transposed.
-
-  x: float[..., in] -> float[..., out] in `out_dtype` (default: `dtype`), float32 accumulation.
-  When the params hold adapter leaves next to the kernel (modrwkv_jax.peft.add_adapters: "bone",
-  "bat", "lora_a"/"lora_b"/"lora_scale"), the projection is the adapted one, peft.linear.
-  """
-  features: int
-  axes: tuple[str, str]
-  kernel_init: Callable
-  dtype: Any = jnp.float32
-  out_dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], self.features), self.axes)
-    adapter = {n: nn.meta.unbox(self.get_variable("params", n))
-               for n in peft_adapters.ADAPTER_LEAVES if self.has_variable("params", n)}
-    y = peft_adapters.linear(x, kernel, adapter, self.dtype) if adapter else _mm(x, kernel, self.dtype)
-    return y.astype(self.out_dtype or self.dtype)
-
-
-def _layer_norm(name: str, dtype, scale_init=nn.initializers.ones) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, use_fast_variance=False, name=name,
-                      scale_init=nn.with_logical_partitioning(scale_init, ("embed",)),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
-
-
 class HeadGroupNorm(nn.Module):
   """GroupNorm with one group per head (att.ln_x), per token, float32 statistics.
 
   x: float[B, T, H, N] -> float32[B, T, H·N].
   """
   eps: float
-  scale_init: Callable = nn.initializers.ones
+  scale_init: Callable
+  layer: Any = None
 
   @nn.compact
   def __call__(self, x):
     b, t, h, n = x.shape
-    scale = _param(self, "scale", self.scale_init, (h * n,), ("attn",))
+    scale = _param(self, "scale", self.scale_init, (h * n,), ("attn",), self.layer)
     bias = _param(self, "bias", nn.initializers.zeros, (h * n,), ("attn",))
     x = x.astype(jnp.float32)
     mean = x.mean(-1, keepdims=True)
@@ -248,19 +253,26 @@ class HeadGroupNorm(nn.Module):
     return y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
 
 
+ACT = ("batch", "length", "act_embed")
+
+
 class TimeMix(nn.Module):
-  """RWKV-7 time mixing (attention replacement) of one layer, DESIGN §2 table."""
+  """RWKV-7 time mixing (attention replacement) of one layer, DESIGN §2 table.
+
+  layer: the layer index, a Python int (unrolled layers) or a traced int32 scalar (scanned layers,
+  where every layer holds the value-residual params and layer 0 ignores them).
+  """
   config: RWKV7Config
-  layer: int
 
   @nn.compact
-  def __call__(self, x, shift_state, wkv_state, v_first, indices=None, mask=None):
+  def __call__(self, x, shift_state, wkv_state, v_first, layer, indices=None, mask=None):
     """
     Args:
       x: float[B, T, D] layer input after ln1.
       shift_state: float32[B, D] the last ln1 output of the previous call (zeros at sequence start).
       wkv_state: float32[B, H, N, N] WKV state, layout [key, value].
-      v_first: float[B, T, D] value of layer 0, or None when this is layer 0.
+      v_first: float[B, T, D] value of layer 0 (anything, e.g. None or zeros, at layer 0).
+      layer: int or int32[] layer index.
       indices, mask: `shift_indices(mask)` and bool[B, T] (True = real token), or None.
     Returns:
       (out float[B, T, D], new_shift_state float32[B, D], new_wkv_state float32[B, H, N, N], v_first)
@@ -268,17 +280,19 @@ class TimeMix(nn.Module):
     cfg = self.config
     B, T, D = x.shape
     H, N, cd = cfg.n_head, cfg.head_size, cfg.compute_dtype
-    init = _layer_init_values(cfg, self.layer)
-    vec = lambda name, axes=("embed",): _param(self, name, _const(init[name]), (D,), axes)
+    static_layer = isinstance(layer, (int, np.integer))
+    const = lambda name: _layer_const(cfg, name)
+    vec = lambda name, axes=("embed",): _param(self, name, const(name), (D,), axes, layer)
 
     def low_rank(prefix, rank, x, inner=lambda y: y):
       """inner(x @ {prefix}1) @ {prefix}2 in float32; {prefix}1 [D, rank] starts at zero, {prefix}2 [rank, D]
       orthogonal·0.1 (RWKV-LM). Stored as in the checkpoint: they already act as x @ A."""
-      a1 = _param(self, f"{prefix}1", nn.initializers.zeros, (D, rank), ("embed", "lora"))
-      a2 = _param(self, f"{prefix}2", _orthogonal(0.1, (rank, D)), (rank, D), ("lora", "attn"))
-      return _mm(inner(_mm(x, a1, cd)).astype(cd), a2, cd)
+      a1 = _param(self, f"{prefix}1", nn.initializers.zeros, (D, rank), ("embed", "lora_rank"))
+      a2 = _param(self, f"{prefix}2", _orthogonal(0.1, (rank, D)), (rank, D), ("lora_rank", "attn"))
+      return layers.matmul(inner(layers.matmul(x, a1, cd)).astype(cd), a2, cd)
 
-    proj = lambda name, scale, axes=("embed", "attn"): Linear(D, axes, _orthogonal(scale), cd, name=name)
+    proj = lambda name, scale, axes=("embed", "attn"): layers.Dense(D, axes, False, cd, kernel_init=_orthogonal(scale),
+                                                                    name=name)
 
     prev, new_shift = token_shift(x, shift_state, indices)
     dx = prev - x
@@ -296,11 +310,17 @@ class TimeMix(nn.Module):
     kk = heads(k.astype(jnp.float32) * vec("k_k", ("attn",)).astype(jnp.float32))
     kk = kk / jnp.maximum(jnp.linalg.norm(kk, axis=-1, keepdims=True), L2_EPS)
     k = (k.astype(jnp.float32) * (1 + (alpha - 1) * vec("k_a", ("attn",)).astype(jnp.float32))).astype(cd)
-    if self.layer == 0:
+    if static_layer and layer == 0:
       v_first = v
     else:
       gate = jax.nn.sigmoid(vec("v0", ("attn",)).astype(jnp.float32) + low_rank("v", cfg.dim_v, mixed["v"]))
-      v = (v + (v_first - v).astype(jnp.float32) * gate).astype(cd)
+      mixed_v = (v + (v_first - v).astype(jnp.float32) * gate).astype(cd)
+      if static_layer:
+        v = mixed_v
+      else:  # scanned: layer 0 computes the (unused) residual and keeps its own value as v_first
+        first = layer == 0
+        v_first = jnp.where(first, v, v_first)
+        v = jnp.where(first, v, mixed_v)
 
     a_in, b_in, k_in, lw_in = -kk, kk * heads(alpha), heads(k), heads(log_w)
     if mask is not None:  # padding: decay 1, no write, no removal -> the state passes unchanged
@@ -311,8 +331,8 @@ class TimeMix(nn.Module):
         heads(r), heads(v), a_in.astype(cd), b_in.astype(cd), k_in, lw_in))
     out, new_wkv = wkv7(r_in, lw_in, k_in, v_in, a_in, b_in, wkv_state, impl=cfg.wkv_impl,
                         chunk_size=cfg.wkv_chunk_size, partition=nn.logical_to_mesh_axes(spec))
-    out = HeadGroupNorm(GN_EPS, _const(init["ln_x"]), name="ln_x")(out)
-    r_k = _param(self, "r_k", _const(init["r_k"]), (H, N), ("heads", "head_dim"))
+    out = HeadGroupNorm(GN_EPS, const("ln_x"), layer, name="ln_x")(out)
+    r_k = _param(self, "r_k", const("r_k"), (H, N), ("heads", "head_dim"), layer)
     bonus = (heads(r).astype(jnp.float32) * heads(k).astype(jnp.float32) * r_k.astype(jnp.float32)).sum(-1, keepdims=True)
     out = out + (bonus * heads(v).astype(jnp.float32)).reshape(B, T, D)
     out = proj("output", 0.0, ("attn", "embed"))((out * g).astype(cd))
@@ -322,39 +342,50 @@ class TimeMix(nn.Module):
 class ChannelMix(nn.Module):
   """RWKV-7 channel mixing: out = W_v relu(W_k (x + δ ⊙ x_k))²."""
   config: RWKV7Config
-  layer: int
 
   @nn.compact
-  def __call__(self, x, shift_state, indices=None):
+  def __call__(self, x, shift_state, layer, indices=None):
     """x: float[B, T, D] after ln2; shift_state: float32[B, D]. Returns (out float[B, T, D], new shift)."""
     cfg, cd = self.config, self.config.compute_dtype
-    init = _layer_init_values(cfg, self.layer)
     prev, new_shift = token_shift(x, shift_state, indices)
-    x_k = _param(self, "x_k", _const(init["ffn_x_k"]), (cfg.n_embd,), ("embed",))
+    x_k = _param(self, "x_k", _layer_const(cfg, "ffn_x_k"), (cfg.n_embd,), ("embed",), layer)
     h = x + (prev - x) * x_k.astype(cd)
-    h = Linear(cfg.dim_ffn, ("embed", "mlp"), _orthogonal(1.0), cd, name="key")(h)
+    h = layers.Dense(cfg.dim_ffn, ("embed", "mlp"), False, cd, kernel_init=_orthogonal(1.0), name="key")(h)
     h = jnp.square(jax.nn.relu(h))
-    out = Linear(cfg.n_embd, ("mlp", "embed"), _orthogonal(0.0), cd, name="value")(h)
+    out = layers.Dense(cfg.n_embd, ("mlp", "embed"), False, cd, kernel_init=_orthogonal(0.0), name="value")(h)
     return out, new_shift.astype(jnp.float32)
 
 
 class Block(nn.Module):
-  """x += TimeMix(ln1(x)); x += ChannelMix(ln2(x))."""
+  """x += TimeMix(ln1(x)); x += ChannelMix(ln2(x)).
+
+  The call has the shape of an `nn.scan` body: (carry, per-layer inputs) -> (carry, per-layer outputs).
+  `layer` (a module field) is set for unrolled layers; scanned layers get it as the traced `layer_index`.
+  """
   config: RWKV7Config
-  layer: int
+  layer: int | None = None
 
   @nn.compact
-  def __call__(self, x, state, v_first, indices=None, mask=None):
-    """x: float[B, T, D]; state: (att_shift [B, D], wkv [B, H, N, N], ffn_shift [B, D]) float32."""
+  def __call__(self, carry, state, layer_index=None, indices=None, mask=None):
+    """
+    Args:
+      carry: (x float[B, T, D], v_first float[B, T, D] or None before layer 0).
+      state: (att_shift float32[B, D], wkv float32[B, H, N, N], ffn_shift float32[B, D]) of this layer.
+      layer_index: int32[] (scanned layers) or None (the `layer` field is used).
+      indices, mask: `shift_indices(mask)` and bool[B, T], or None.
+    Returns:
+      ((x, v_first), new state of this layer).
+    """
     cfg, cd = self.config, self.config.compute_dtype
+    layer = self.layer if self.layer is not None else layer_index
+    x, v_first = carry
     att_shift, wkv_state, ffn_shift = state
-    h = _layer_norm("ln1", cd)(x)
-    h, att_shift, wkv_state, v_first = TimeMix(cfg, self.layer, name="att")(
-        h, att_shift, wkv_state, v_first, indices, mask)
+    h = layers.layer_norm("ln1", LN_EPS, cd)(x)
+    h, att_shift, wkv_state, v_first = TimeMix(cfg, name="att")(h, att_shift, wkv_state, v_first, layer, indices, mask)
     x = x + h
-    h, ffn_shift = ChannelMix(cfg, self.layer, name="ffn")(_layer_norm("ln2", cd)(x), ffn_shift, indices)
-    x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
-    return x, (att_shift, wkv_state, ffn_shift), v_first
+    h, ffn_shift = ChannelMix(cfg, name="ffn")(layers.layer_norm("ln2", LN_EPS, cd)(x), ffn_shift, layer, indices)
+    x = nn.with_logical_constraint(x + h, ACT)
+    return (x, v_first), (att_shift, wkv_state, ffn_shift)
 
 
 @flax.struct.dataclass
@@ -370,6 +401,15 @@ class RWKV7State:
   ffn_shift: jax.Array
 
 
+def _block_class(config: RWKV7Config):
+  """Block, rematerialised per config.remat."""
+  wrap, policy = remat_policy(config.remat, "RWKV7Config")
+  if not wrap:
+    return Block
+  # prevent_cse is only needed outside scan (scan already blocks CSE across iterations).
+  return nn.remat(Block, policy=policy, prevent_cse=not config.scan_layers)
+
+
 class RWKV7(nn.Module):
   """The RWKV-7 language model: emb -> ln0 -> blocks -> ln_out -> head."""
   config: RWKV7Config
@@ -380,10 +420,18 @@ class RWKV7(nn.Module):
     emb_init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -1e-4, 1e-4)
     self.emb = nn.Embed(V, D, dtype=cfg.compute_dtype,
                         embedding_init=nn.with_logical_partitioning(emb_init, ("vocab", "embed")))
-    self.ln0 = _layer_norm("ln0", cfg.compute_dtype)
-    self.blocks = [Block(cfg, i, name=f"blocks_{i}") for i in range(cfg.n_layer)]
-    self.ln_out = _layer_norm("ln_out", cfg.compute_dtype)
-    self.head = Linear(V, ("embed", "vocab"), _orthogonal(0.5), cfg.compute_dtype, jnp.float32, name="head")
+    self.ln0 = layers.layer_norm("ln0", LN_EPS, cfg.compute_dtype)
+    block = _block_class(cfg)
+    if cfg.scan_layers:
+      scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(0, 0, nn.broadcast, nn.broadcast), length=cfg.n_layer,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+      self.blocks = scanned(cfg, name="blocks")
+    else:
+      self.blocks = [block(cfg, i, name=f"blocks_{i}") for i in range(cfg.n_layer)]
+    self.ln_out = layers.layer_norm("ln_out", LN_EPS, cfg.compute_dtype)
+    self.head = layers.Dense(V, ("embed", "vocab"), False, cfg.compute_dtype, jnp.float32,
+                             kernel_init=_orthogonal(0.5), name="head")
 
   def embed(self, tokens):
     """tokens: int[B, T] -> float[B, T, D] (before ln0)."""
@@ -403,18 +451,25 @@ class RWKV7(nn.Module):
     Returns:
       (logits float32[B, T, V] or hidden float32[B, T, D], new RWKV7State).
     """
-    x = nn.with_logical_constraint(self.ln0(x.astype(self.config.compute_dtype)), ("batch", "length", "embed"))
+    cfg = self.config
+    x = nn.with_logical_constraint(self.ln0(x.astype(cfg.compute_dtype)), ACT)
     indices = None if mask is None else shift_indices(mask)
-    v_first, att, wkv, ffn = None, [], [], []
-    for i, block in enumerate(self.blocks):
-      x, (a, w, f), v_first = block(x, (state.att_shift[i], state.wkv[i], state.ffn_shift[i]), v_first,
-                                    indices, mask)
-      att.append(a), wkv.append(w), ffn.append(f)
-    new_state = RWKV7State(jnp.stack(att), jnp.stack(wkv), jnp.stack(ffn))
+    if cfg.scan_layers:
+      carry = (x, jnp.zeros_like(x))
+      (x, _), (att, wkv, ffn) = self.blocks(carry, (state.att_shift, state.wkv, state.ffn_shift),
+                                            jnp.arange(cfg.n_layer, dtype=jnp.int32), indices, mask)
+      new_state = RWKV7State(att, wkv, ffn)
+    else:
+      carry, att, wkv, ffn = (x, None), [], [], []
+      for i, block in enumerate(self.blocks):
+        carry, (a, w, f) = block(carry, (state.att_shift[i], state.wkv[i], state.ffn_shift[i]), None, indices, mask)
+        att.append(a), wkv.append(w), ffn.append(f)
+      x = carry[0]
+      new_state = RWKV7State(jnp.stack(att), jnp.stack(wkv), jnp.stack(ffn))
     x = self.ln_out(x)
     if hidden:
       return x.astype(jnp.float32), new_state
-    logits = nn.with_logical_constraint(self.head(x), ("batch", "length", "vocab"))
+    logits = nn.with_logical_constraint(self.head(x), ("batch", "length", "act_vocab"))
     return logits, new_state
 
 
@@ -429,13 +484,10 @@ def init_state(config: RWKV7Config, batch_size: int) -> RWKV7State:
 
 
 def _init_boxed(config: RWKV7Config, key):
-  variables = RWKV7(config).init(key, jnp.zeros((1, 1), jnp.int32), init_state(config, 1), method=RWKV7.init_all)
+  # wkv_impl "reference" for the one-token init pass: no kernel is traced or compiled for init.
+  model = RWKV7(config.replace(wkv_impl="reference", remat="none"))
+  variables = model.init(key, jnp.zeros((1, 1), jnp.int32), init_state(config, 1), method=RWKV7.init_all)
   return variables["params"]
-
-
-def init_params(config: RWKV7Config, key: jax.Array) -> dict:
-  """From-scratch parameters (RWKV-LM initialisation, DESIGN §2.2) as a plain float32 nested dict."""
-  return nn.meta.unbox(jax.jit(_init_boxed, static_argnums=0)(config, key))
 
 
 def param_logical_axes(config: RWKV7Config) -> dict:
@@ -444,10 +496,46 @@ def param_logical_axes(config: RWKV7Config) -> dict:
   return nn.get_partition_spec(boxed)
 
 
+def abstract_params(config: RWKV7Config, mesh=None) -> dict:
+  """jax.ShapeDtypeStruct per parameter (with its sharding on `mesh` when given); computes nothing."""
+  shapes = nn.meta.unbox(jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0))))
+  if mesh is None:
+    return shapes
+  shardings = sharding.logical_to_mesh(param_logical_axes(config), mesh)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def init_params(config: RWKV7Config, key: jax.Array, *, mesh=None) -> dict:
+  """From-scratch parameters (RWKV-LM initialisation, DESIGN §2.2) as a plain float32 nested dict.
+
+  With `mesh`, every leaf is created directly in its sharding (`sharding.logical_to_mesh` of
+  `param_logical_axes`): the full weights never sit on one device.
+  """
+  fn = lambda k: nn.meta.unbox(_init_boxed(config, k))
+  if mesh is None:
+    return jax.jit(fn)(key)
+  shardings = sharding.logical_to_mesh(param_logical_axes(config), mesh)
+  return jax.jit(fn, out_shardings=shardings)(key)
+
+
+def is_scanned(params: Mapping) -> bool:
+  """True for the stacked layout ("blocks" with a leading layers axis), False for blocks_0 ..."""
+  return "blocks" in params
+
+
 def _check_params(config: RWKV7Config, params: Mapping):
-  for i in range(config.n_layer):
-    if f"blocks_{i}" not in params:
-      raise ValueError(f"params have no 'blocks_{i}': they do not belong to a {config.n_layer}-layer config")
+  if is_scanned(params) != config.scan_layers:
+    have = "stacked ('blocks')" if is_scanned(params) else "unrolled ('blocks_0' ...)"
+    raise ValueError(f"params are in the {have} layout but config.scan_layers={config.scan_layers}; convert with "
+                     f"rwkv7.{'unstack_layers' if is_scanned(params) else 'stack_layers'} or set scan_layers")
+  if config.scan_layers:
+    got = params["blocks"]["ln1"]["scale"].shape[0]
+    if got != config.n_layer:
+      raise ValueError(f"params hold {got} stacked layers; the config has n_layer={config.n_layer}")
+  else:
+    for i in range(config.n_layer):
+      if f"blocks_{i}" not in params:
+        raise ValueError(f"params have no 'blocks_{i}': they do not belong to a {config.n_layer}-layer config")
   emb = params["emb"]["embedding"]
   if emb.shape != (config.vocab_size, config.n_embd):
     raise ValueError(f"params['emb']['embedding'] has shape {emb.shape}; config expects "
@@ -464,11 +552,13 @@ def _check_state(config: RWKV7Config, state: RWKV7State, batch: int):
                        f"with batch {batch} expects {shape}: the state belongs to another model or batch")
 
 
-def _concrete(x):
-  try:
-    return np.asarray(x)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    return None
+def check_tokens(config: RWKV7Config, tokens, where: str = "tokens") -> None:
+  """Boundary check of concrete token ids (numpy or a concrete jax array): raises ValueError naming
+  the first id outside [0, vocab_size). `forward` itself does no value checks (it runs under jit)."""
+  values = np.asarray(tokens)
+  if values.size and (values.min() < 0 or values.max() >= config.vocab_size):
+    bad = values[(values < 0) | (values >= config.vocab_size)]
+    raise ValueError(f"{where}: token id {int(bad.flat[0])} is outside the vocabulary [0, {config.vocab_size})")
 
 
 def embed(config: RWKV7Config, params: Mapping, tokens) -> jax.Array:
@@ -482,8 +572,9 @@ def forward(config: RWKV7Config, params: Mapping, tokens=None, state: RWKV7State
 
   Args:
     config: model sizes (static under jit: `jax.jit(forward, static_argnums=0)`).
-    params: the nested param dict (`init_params`, `load_pth`, ...).
-    tokens: int[B, T] token ids, or None when `embeddings` is given.
+    params: the nested param dict (`init_params`, `load_pth`, ...), in the layout of config.scan_layers.
+    tokens: int[B, T] token ids in [0, V) (checked by the callers that hold concrete ids: `check_tokens`),
+      or None when `embeddings` is given.
     state: RWKV7State with batch B, or None for the zero state (sequence start).
     embeddings: float[B, T, D] vectors fed in place of token embeddings (the multimodal path:
       modality tokens concatenated with `embed(config, params, text_tokens)`); they go through ln0.
@@ -503,10 +594,6 @@ def forward(config: RWKV7Config, params: Mapping, tokens=None, state: RWKV7State
       raise ValueError(f"forward: tokens must be int[B, T]; got shape {tuple(tokens.shape)}")
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f"forward: tokens must be integers; got dtype {tokens.dtype}")
-    values = _concrete(tokens)
-    if values is not None and values.size and (values.min() < 0 or values.max() >= config.vocab_size):
-      bad = values[(values < 0) | (values >= config.vocab_size)]
-      raise ValueError(f"forward: token id {int(bad[0])} is outside the vocabulary [0, {config.vocab_size})")
     embeddings = model.apply({"params": params}, tokens, method=RWKV7.embed)
   if embeddings.ndim != 3 or embeddings.shape[-1] != config.n_embd:
     raise ValueError(f"forward: embeddings must be float[B, T, D={config.n_embd}]; got shape {tuple(embeddings.shape)}")
@@ -518,7 +605,6 @@ def forward(config: RWKV7Config, params: Mapping, tokens=None, state: RWKV7State
   state = init_state(config, batch) if state is None else state
   _check_state(config, state, batch)
   return model.apply({"params": params}, embeddings, state, None if mask is None else mask.astype(bool), hidden)
-
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints. One table maps official RWKV-LM names to param paths; .pth import/export and the
@@ -561,6 +647,26 @@ def checkpoint_layout(config: RWKV7Config) -> list[tuple[str, tuple[str, ...], t
 _BLOCK0_UNUSED = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
 
 
+def _block0_value_residual(D: int, dim_v: int) -> dict[str, np.ndarray]:
+  """Block 0's value-residual params, which block 0 never uses: RWKV-LM's initial values (float32)."""
+  linear = np.arange(D) / (D - 1) - 0.5
+  return {"v0": (0.73 - 0.4 * linear).astype(np.float32), "v1": np.zeros((D, dim_v), np.float32),
+          "v2": np.zeros((dim_v, D), np.float32)}
+
+
+def _layer_count(keys, pattern: str, source: str) -> int:
+  """n_layer from keys matching `pattern` (group 1 = layer index), validated before anything is sized
+  from it: the indices must be exactly 0 .. n−1, so one key with a huge index cannot allocate anything."""
+  layers = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
+  if not layers:
+    raise ValueError(f"{source}: no layer keys ({pattern!r}); is this an RWKV-7 checkpoint?")
+  if max(layers) + 1 != len(layers):
+    missing = next(i for i in range(len(layers) + 1) if i not in layers)
+    raise ValueError(f"{source}: layer indices are not 0..{len(layers) - 1}: found {len(layers)} layers with "
+                     f"largest index {max(layers)} (layer {missing} is missing)")
+  return len(layers)
+
+
 def config_from_state_dict(sd: Mapping[str, np.ndarray], source: str = "checkpoint", **overrides) -> RWKV7Config:
   """Infers every size from tensor shapes (never from a formula)."""
   def shape(name):
@@ -569,10 +675,7 @@ def config_from_state_dict(sd: Mapping[str, np.ndarray], source: str = "checkpoi
     return tuple(sd[name].shape)
 
   V, D = shape("emb.weight")
-  layers = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
-  if not layers:
-    raise ValueError(f"{source}: no 'blocks.<i>.' keys; is this an RWKV-7 checkpoint?")
-  L = max(layers) + 1
+  L = _layer_count(sd, r"blocks\.(\d+)\.", source)
   H, N = shape("blocks.0.att.r_k")
   if H * N != D:
     raise ValueError(f"{source}: blocks.0.att.r_k has shape {(H, N)} but n_embd = {D} != H·N")
@@ -583,30 +686,50 @@ def config_from_state_dict(sd: Mapping[str, np.ndarray], source: str = "checkpoi
                      dim_ffn=shape("blocks.0.ffn.key.weight")[0], **overrides)
 
 
-def _check_expected_config(found: RWKV7Config, expected: RWKV7Config | None, source: str):
+_SIZE_FIELDS = ("vocab_size", "n_layer", "n_embd", "head_size", "dim_w", "dim_a", "dim_v", "dim_g", "dim_ffn")
+
+
+def _resolve_config(found: RWKV7Config, expected: RWKV7Config | None, source: str, overrides: Mapping) -> RWKV7Config:
+  """The checkpoint's sizes, with the non-size fields (dtype, wkv_impl, scan_layers, remat, ...) of
+  `expected` and then of `overrides`. Raises when `expected` has other sizes."""
   if expected is None:
-    return
-  fields = ("vocab_size", "n_layer", "n_embd", "head_size", "dim_w", "dim_a", "dim_v", "dim_g", "dim_ffn")
-  diff = [f"{f}={getattr(found, f)} (expected {getattr(expected, f)})" for f in fields
+    return found
+  diff = [f"{f}={getattr(found, f)} (expected {getattr(expected, f)})" for f in _SIZE_FIELDS
           if getattr(found, f) != getattr(expected, f)]
   if diff:
     raise ValueError(f"{source}: checkpoint is from another model size: {', '.join(diff)}")
+  return expected.replace(**overrides)
+
+
+def _place(tree: Mapping, config: RWKV7Config, param_dtype, mesh) -> dict:
+  """numpy tree -> jax arrays of `param_dtype`; with `mesh`, each leaf goes straight to its sharding."""
+  if mesh is None:
+    return jax.tree.map(lambda x: jnp.asarray(x, param_dtype), tree)
+  shardings = sharding.logical_to_mesh(param_logical_axes(config), mesh)
+  return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, param_dtype), s), tree, shardings)
+
+
+def _stacked_path(path: tuple[str, ...]) -> tuple[tuple[str, ...], int | None]:
+  if path[0].startswith("blocks_"):
+    return ("blocks",) + path[1:], int(path[0][len("blocks_"):])
+  return path, None
 
 
 def params_from_state_dict(sd: Mapping[str, np.ndarray], config: RWKV7Config | None = None, *,
-                           source: str = "checkpoint", param_dtype=jnp.float32, **config_overrides):
-  """Official RWKV-LM state dict (names of DESIGN §2.2) -> (config, params)."""
-  found = config_from_state_dict(sd, source, **config_overrides)
-  _check_expected_config(found, config, source)
-  config = found
+                           source: str = "checkpoint", param_dtype=jnp.float32, mesh=None, **config_overrides):
+  """Official RWKV-LM state dict (names of DESIGN §2.2) -> (config, params), never running the
+  initialiser. The layout follows config.scan_layers (stacked "blocks" or "blocks_0" ...); with
+  `mesh` each leaf is placed on its sharding as it is converted."""
+  found = config_from_state_dict(sd, source, **({} if config is not None else config_overrides))
+  config = _resolve_config(found, config, source, config_overrides)
   layout = checkpoint_layout(config)
   known = {row[0] for row in layout} | set(_BLOCK0_UNUSED)
   unexpected = sorted(set(sd) - known)
   if unexpected:
     raise ValueError(f"{source}: unexpected keys {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''} "
                      "(not part of the RWKV-7 x070 layout; DeepEmbed and other variants are not supported)")
-  params: dict = {}
-  for name, path, shape, kind in layout:
+
+  def checked(name, shape, kind):
     if name not in sd:
       raise ValueError(f"{source}: missing key '{name}' (expected shape {shape})")
     array = sd[name]
@@ -615,52 +738,131 @@ def params_from_state_dict(sd: Mapping[str, np.ndarray], config: RWKV7Config | N
       raise ValueError(f"{source}: key '{name}' has shape {tuple(array.shape)}; expected {shape} "
                        f"for a model with vocab={config.vocab_size}, D={config.n_embd}, H={config.n_head}")
     value = np.asarray(array, np.float32)
-    value = value.T if kind == "T" else value.reshape(-1) if kind == "vec" else value
-    node = params
+    return value.T if kind == "T" else value.reshape(-1) if kind == "vec" else value
+
+  tree: dict = {}
+
+  def put(path, value, index=None):
+    node = tree
     for p in path[:-1]:
       node = node.setdefault(p, {})
-    node[path[-1]] = jnp.asarray(value, param_dtype)
-  return config, params
+    if index is None:
+      node[path[-1]] = value
+    else:
+      if path[-1] not in node:
+        node[path[-1]] = np.empty((config.n_layer,) + value.shape, np.float32)
+      node[path[-1]][index] = value
+
+  for name, path, shape, kind in layout:
+    value = checked(name, shape, kind)
+    if config.scan_layers:
+      stacked_path, index = _stacked_path(path)
+      put(stacked_path, value, index)
+    else:
+      put(path, value)
+  if config.scan_layers:  # stacked block 0 holds the value-residual params it never uses
+    D, dv = config.n_embd, config.dim_v
+    fallback = _block0_value_residual(D, dv)
+    for name, shape, kind in ((_BLOCK0_UNUSED[0], (1, 1, D), "vec"), (_BLOCK0_UNUSED[1], (D, dv), "same"),
+                              (_BLOCK0_UNUSED[2], (dv, D), "same")):
+      leaf = name.rsplit(".", 1)[1]
+      value = checked(name, shape, kind) if name in sd else fallback[leaf]
+      put(("blocks", "att", leaf), value, 0)
+  return config, _place(tree, config, param_dtype, mesh)
+
+
+def stack_layers(params: Mapping, config: RWKV7Config | None = None) -> dict:
+  """Unrolled params ("blocks_0" ... "blocks_{L-1}") -> the stacked layout ("blocks", leading layers
+  axis). Block 0 gains the value-residual params it never uses (RWKV-LM's initial values).
+  Adapter leaves (Bone / Bat / LoRA) are stacked with their kernels. `config` gives dim_v when L = 1."""
+  n = sum(1 for k in params if re.fullmatch(r"blocks_\d+", k))
+  if n == 0 or is_scanned(params):
+    raise ValueError("stack_layers: params have no 'blocks_<i>' (already stacked, or not RWKV-7 params)")
+  blocks = [params[f"blocks_{i}"] for i in range(n)]
+  first = {**blocks[0], "att": dict(blocks[0]["att"])}
+  if "v0" not in first["att"]:
+    D = first["ln1"]["scale"].shape[0]
+    dim_v = blocks[1]["att"]["v1"].shape[1] if n > 1 else (config or RWKV7Config).dim_v
+    first["att"].update({k: jnp.asarray(v, blocks[0]["ln1"]["scale"].dtype)
+                         for k, v in _block0_value_residual(D, dim_v).items()})
+  blocks[0] = first
+  try:
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+  except ValueError as e:
+    raise ValueError(f"stack_layers: the blocks do not all hold the same parameters (adapters on some layers "
+                     f"only?): {e}") from e
+  out = {k: v for k, v in params.items() if not re.fullmatch(r"blocks_\d+", k)}
+  out["blocks"] = stacked
+  return out
+
+
+def unstack_layers(params: Mapping) -> dict:
+  """The stacked layout -> "blocks_0" ... "blocks_{L-1}" (block 0 drops its unused value-residual params)."""
+  if not is_scanned(params):
+    raise ValueError("unstack_layers: params have no stacked 'blocks' (already unrolled?)")
+  stacked = params["blocks"]
+  L = jax.tree.leaves(stacked)[0].shape[0]
+  out = {k: v for k, v in params.items() if k != "blocks"}
+  for i in range(L):
+    out[f"blocks_{i}"] = jax.tree.map(lambda x: x[i], stacked)
+  out["blocks_0"] = {**out["blocks_0"], "att": {k: v for k, v in out["blocks_0"]["att"].items()
+                                                if k not in ("v0", "v1", "v2")}}
+  return out
 
 
 def state_dict_from_params(config: RWKV7Config, params: Mapping, dtype=np.float32) -> dict[str, np.ndarray]:
-  """(config, params) -> official RWKV-LM state dict (numpy, `dtype`), incl. block-0 v0/v1/v2."""
+  """(config, params) -> official RWKV-LM state dict (numpy, `dtype`), incl. block-0 v0/v1/v2.
+
+  Either layout; adapters (Bone / Bat / LoRA) are merged into their kernels first."""
   _check_params(config, params)
+  if peft.adapter_leaves(params):
+    params = peft.merge_all(params)
   sd = {}
   for name, path, shape, kind in checkpoint_layout(config):
+    index = None
+    if config.scan_layers:
+      path, index = _stacked_path(path)
     node = params
     for p in path:
       node = node[p]
-    value = np.asarray(jax.device_get(node), np.float32)
+    value = np.asarray(jax.device_get(node if index is None else node[index]), np.float32)
     value = value.T if kind == "T" else value.reshape(shape)
     sd[name] = np.asarray(value, dtype)
   # Block 0 never uses the value-residual LoRA, but RWKV-LM's strict loader expects the keys.
-  init = _layer_init_values(config, 0)
   D = config.n_embd
-  sd["blocks.0.att.v0"] = init["v0"].reshape(1, 1, D).astype(dtype)
-  sd["blocks.0.att.v1"] = np.zeros((D, config.dim_v), dtype)
-  sd["blocks.0.att.v2"] = np.zeros((config.dim_v, D), dtype)
+  if config.scan_layers:
+    att = params["blocks"]["att"]
+    unused = {k: np.asarray(jax.device_get(att[k][0]), np.float32) for k in ("v0", "v1", "v2")}
+  else:
+    unused = _block0_value_residual(D, config.dim_v)
+  sd["blocks.0.att.v0"] = unused["v0"].reshape(1, 1, D).astype(dtype)
+  sd["blocks.0.att.v1"] = unused["v1"].astype(dtype)
+  sd["blocks.0.att.v2"] = unused["v2"].astype(dtype)
   return sd
 
 
-def load_pth(path: str | os.PathLike, config: RWKV7Config | None = None, *, param_dtype=jnp.float32,
+def load_pth(path: str | os.PathLike, config: RWKV7Config | None = None, *, param_dtype=jnp.float32, mesh=None,
              **config_overrides) -> tuple[RWKV7Config, dict]:
-  """Reads an official RWKV-LM `.pth` (fp32 / bf16 / fp16) without torch.
+  """Reads an official RWKV-LM `.pth` (fp32 / bf16 / fp16) without torch and without running the initialiser.
 
   Args:
     path: the .pth file.
-    config: if given, the checkpoint must have exactly these sizes (else ValueError).
+    config: if given, the checkpoint must have exactly these sizes (else ValueError); its other fields
+      (dtype, wkv_impl, scan_layers, remat) apply to the result.
     param_dtype: dtype of the returned params.
-    **config_overrides: non-size config fields, e.g. dtype="bfloat16", wkv_impl="reference".
+    mesh: place every leaf on its sharding (`sharding.logical_to_mesh`) as it is read.
+    **config_overrides: non-size config fields, e.g. dtype="bfloat16", scan_layers=True.
   Returns:
     (config, params) with every size read from tensor shapes.
   """
   path = os.fspath(path)
-  return params_from_state_dict(read_pth(path), config, source=path, param_dtype=param_dtype, **config_overrides)
+  return params_from_state_dict(read_pth(path), config, source=path, param_dtype=param_dtype, mesh=mesh,
+                                **config_overrides)
 
 
 def save_pth(config: RWKV7Config, params: Mapping, path: str | os.PathLike, *, dtype=np.float32) -> None:
-  """Writes params as an official RWKV-LM `.pth` (loadable by torch, the `rwkv` package, RWKV-LM)."""
+  """Writes params (either layout; adapters merged) as an official RWKV-LM `.pth` (loadable by torch,
+  the `rwkv` package, RWKV-LM)."""
   write_pth(state_dict_from_params(config, params, np.dtype(dtype)), path)
 
 
@@ -683,16 +885,17 @@ def _hf_name(name: str) -> tuple[str, bool]:
 
 
 def load_safetensors(path: str | os.PathLike, config: RWKV7Config | None = None, *, param_dtype=jnp.float32,
-                     **config_overrides) -> tuple[RWKV7Config, dict]:
-  """Reads an fla / Hugging Face `RWKV7ForCausalLM` checkpoint (.safetensors file or snapshot folder)."""
+                     mesh=None, **config_overrides) -> tuple[RWKV7Config, dict]:
+  """Reads an fla / Hugging Face `RWKV7ForCausalLM` checkpoint (.safetensors file or snapshot folder),
+  without running the initialiser; arguments as `load_pth`."""
   path = os.fspath(path)
   hf = read_safetensors_dir(path)
-  layers = {int(m.group(1)) for k in hf if (m := re.match(r"model\.layers\.(\d+)\.", k))}
-  if "model.embeddings.weight" not in hf or not layers:
-    raise ValueError(f"{path}: not an RWKV7ForCausalLM checkpoint (no model.embeddings.weight / model.layers.*)")
+  if "model.embeddings.weight" not in hf:
+    raise ValueError(f"{path}: not an RWKV7ForCausalLM checkpoint (no model.embeddings.weight)")
+  n_layer = _layer_count(hf, r"model\.layers\.(\d+)\.", path)
   # Translate name by name into the official layout; the names depend only on n_layer.
   sd, used = {}, set()
-  names = RWKV7Config(n_layer=max(layers) + 1)
+  names = RWKV7Config(n_layer=n_layer)
   for name, _, _, _ in checkpoint_layout(names) + [(n, None, None, None) for n in _BLOCK0_UNUSED]:
     hf_name, transposed = _hf_name(name)
     if hf_name in hf:
@@ -702,4 +905,4 @@ def load_safetensors(path: str | os.PathLike, config: RWKV7Config | None = None,
   unexpected = sorted(set(hf) - used)
   if unexpected:
     raise ValueError(f"{path}: unexpected keys {unexpected[:6]}: not the RWKV7ForCausalLM layout this reader knows")
-  return params_from_state_dict(sd, config, source=path, param_dtype=param_dtype, **config_overrides)
+  return params_from_state_dict(sd, config, source=path, param_dtype=param_dtype, mesh=mesh, **config_overrides)
