@@ -25,6 +25,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/wkv7.py
 	$(PY) benchmarks/bench_rwkv7.py
+	$(PY) benchmarks/compile.py
+	$(PY) benchmarks/load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

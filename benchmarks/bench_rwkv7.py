@@ -21,18 +21,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import machine, write_result  # noqa: E402
+from common import best_of, machine, write_result  # noqa: E402
 from modrwkv_jax.models import rwkv7  # noqa: E402
 from modrwkv_jax.ops.wkv7 import resolve_impl  # noqa: E402
-
-
-def best_of(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return min(times)
 
 
 def main(argv=None):

@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import time
 
 import jax
 
@@ -19,3 +20,13 @@ def write_result(result: dict, stem: str, out: str | None = None) -> str:
   with open(out, "w") as f:
     json.dump(result, f, indent=2)
   return out
+
+
+def best_of(fn, repeats: int) -> float:
+  """The fastest of `repeats` timed calls of fn(), in seconds (the least disturbed by a shared machine)."""
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return min(times)

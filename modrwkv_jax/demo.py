@@ -106,7 +106,8 @@ def main(argv=None) -> int:
   opt_state = opt.init(trainable)
 
   @jax.jit
-  def step(trainable, opt_state, batch):
+  def step(trainable, frozen, opt_state, batch):
+    # Frozen weights are an argument, not constants baked into the compiled step.
     loss_fn = lambda t: modrwkv.loss(config, {**t, "encoders": frozen}, batch)
     (value, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     updates, opt_state = opt.update(grads, opt_state, trainable)
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
   done, epoch, first, t0 = 0, 0, None, time.perf_counter()
   while done < args.steps:
     for batch in batches("train", epoch):
-      trainable, opt_state, metrics = step(trainable, opt_state, {k: batch[k] for k in keys})
+      trainable, opt_state, metrics = step(trainable, frozen, opt_state, {k: batch[k] for k in keys})
       done += 1
       first = first if first is not None else float(metrics["loss"])
       if done % 20 == 0 or done == 1:

@@ -134,6 +134,7 @@ def generate(config: rwkv7.RWKV7Config, params, prompt=None, *, embeddings=None,
       raise ValueError("generate: the prompt is empty")
     prompt = np.asarray([prompt], np.int32)
   if prompt is not None:
+    rwkv7.check_tokens(config, prompt, "generate: prompt")  # the boundary: the jitted model does no value checks
     prompt = jnp.asarray(prompt, jnp.int32)
   logits, state = _prefill(config, params, prompt, state, embeddings=embeddings, mask=mask)
   sampling = (float(temperature), float(top_p), int(top_k), float(presence_penalty), float(frequency_penalty))
@@ -165,7 +166,10 @@ def score(config: rwkv7.RWKV7Config, params, prompt=None, candidates=(), *, embe
   if not candidates or any(len(c) == 0 for c in candidates):
     raise ValueError("score: give at least one candidate, each a non-empty list of token ids")
   if prompt is not None:
+    rwkv7.check_tokens(config, np.asarray(prompt), "score: prompt")
     prompt = jnp.asarray([prompt], jnp.int32)
+  for c in candidates:
+    rwkv7.check_tokens(config, np.asarray(c), "score: candidate")
   logits, state = _prefill(config, params, prompt, state, embeddings=embeddings)
   first = jax.nn.log_softmax(logits[0, -1])
   longest = max(len(c) for c in candidates)

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from modrwkv_jax import generate as gen
+from modrwkv_jax import peft, sharding
 from modrwkv_jax.chat import Chat, user_turn, user_turn_ids
 from modrwkv_jax.models import modrwkv, rwkv7
 from modrwkv_jax.models import projector as proj
 from modrwkv_jax.models.encoders import siglip, whisper
 from modrwkv_jax.tokenizer import world_tokenizer
-from helpers import rel_rms_err
+from helpers import forbid_random_init, rel_rms_err
 
 RWKV = rwkv7.RWKV7Config(vocab_size=65536, n_layer=2, n_embd=32, head_size=16, dim_w=8, dim_a=8, dim_v=4,
                          dim_g=8, dim_ffn=64)
@@ -138,10 +139,10 @@ def test_prefix_layout_is_the_papers_sequence(params, items):
   x, mask, pos = modrwkv.embed_inputs(CONFIG, params, batch)
   want = jnp.concatenate([_image_tokens(params, images[0]),
                           rwkv7.embed(RWKV, params["rwkv"], jnp.asarray([text]))[0]])
-  np.testing.assert_allclose(x[0], want, rtol=1e-6, atol=1e-6)
+  assert rel_rms_err(x[0], want) < 1e-6
   logits, _ = modrwkv.forward(CONFIG, params, batch)
   ref, _ = rwkv7.forward(RWKV, params["rwkv"], embeddings=want[None])
-  np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
+  assert rel_rms_err(logits, ref) < 1e-5
 
 
 def test_placeholder_layout_two_images_and_one_audio(params, items):
@@ -168,7 +169,7 @@ def test_placeholder_layout_two_images_and_one_audio(params, items):
   text = rwkv7.embed(RWKV, params["rwkv"], jnp.asarray([[a, b, c, d]]))[0]
   want = jnp.concatenate([text[:1], _image_tokens(params, images[0]), text[1:2], _image_tokens(params, images[1]),
                           text[2:3], audio_tok[0, :na], text[3:]])
-  np.testing.assert_allclose(x[0], want, rtol=1e-6, atol=1e-6)
+  assert rel_rms_err(x[0], want) < 1e-6
 
 
 def test_sequence_longer_than_max_length_is_refused(params):
@@ -192,6 +193,30 @@ def test_loss_counts_only_labelled_positions(params, items):
   nll = [-logp[b, t, labels[b, t]] for b, t in zip(*np.nonzero(labels != -100))]
   assert int(metrics["tokens"]) == 6
   np.testing.assert_allclose(float(value), np.mean(nll), rtol=1e-5)
+
+
+def test_loss_terms_add_up_across_micro_batches(params, items):
+  """loss_terms returns (Σ nll, count): two micro-batches summed, then divided once, give the loss of
+  the whole batch although they hold different numbers of labels (what gradient accumulation and
+  multi-host averaging need; a mean of per-micro-batch means would not)."""
+  images, _, _ = items
+  rs = np.random.RandomState(4)
+  T = 10
+  labels = np.full((2, T), -100)
+  labels[0, 4:9] = rs.randint(0, 500, 5)  # 5 labels
+  labels[1, 8:9] = rs.randint(0, 500, 1)  # 1 label
+  batch = {"tokens": rs.randint(1, 500, (2, T)), "labels": labels, "mask": np.ones((2, T), bool),
+           "image": images[:, None], "image_pos": np.asarray([list(range(4)) + [-1] * 6] * 2)}
+  whole, metrics = modrwkv.loss(CONFIG, params, batch)
+  parts = [modrwkv.loss_terms(CONFIG, params, {k: v[i:i + 1] for k, v in batch.items()}) for i in range(2)]
+  nll_sum = sum(float(p[0]) for p in parts)
+  count = sum(int(p[1]) for p in parts)
+  assert count == int(metrics["tokens"]) == 6 and parts[0][1].dtype == jnp.int32
+  np.testing.assert_allclose(nll_sum / count, float(whole), rtol=1e-5)
+  mean_of_means = np.mean([float(p[0]) / int(p[1]) for p in parts])
+  assert abs(mean_of_means - float(whole)) > 1e-3  # the weighting matters on this batch
+  correct = sum(int(p[2]["correct"]) for p in parts)
+  np.testing.assert_allclose(correct / count, float(metrics["accuracy"]), rtol=1e-6)
 
 
 def test_gradients_reach_adapters_and_rwkv_but_not_frozen_encoders(params, items):
@@ -244,7 +269,7 @@ def test_forecasting_head_predicts_in_revin_units():
   hidden, _ = rwkv7.forward(RWKV, p["rwkv"], embeddings=x, mask=m, hidden=True)
   last = np.asarray([T - 1, T - 3])
   want = np.stack([np.asarray(hidden)[b, last[b]] for b in range(2)]) @ np.asarray(p["forecast_head"]["kernel"])
-  np.testing.assert_allclose(pred, want + np.asarray(p["forecast_head"]["bias"]), rtol=1e-5, atol=1e-5)
+  assert rel_rms_err(pred, want + np.asarray(p["forecast_head"]["bias"])) < 1e-5
   mean, std = series[:, 0].mean(-1, keepdims=True), series[:, 0].std(-1, keepdims=True)
   np.testing.assert_allclose(pred_units, np.asarray(pred) * std + mean, rtol=1e-4)
   value, metrics = modrwkv.forecast_loss(cfg, p, batch)
@@ -271,10 +296,50 @@ def test_load_assembles_pth_snapshot_and_projectors(params, tmp_path):
                     (loaded["projectors"]["image"], params["projectors"]["image"])):
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # Scanned layers, placed on a mesh, and not one random initialiser for what comes from files.
+  scfg = modrwkv.ModRWKVConfig(RWKV.replace(scan_layers=True), (("image", modrwkv.ModalityConfig(
+      "siglip", vcfg.replace(scan_layers=True), CONFIG.modality("image").projector)),), max_length=256)
+  mesh = sharding.make_mesh()
+  with pytest.MonkeyPatch.context() as mp:
+    forbid_random_init(mp, [(rwkv7, "_init_boxed"), (rwkv7, "init_params"), (siglip, "init_params"),
+                            (siglip, "_init_boxed"), (proj, "init_params")])
+    scanned = modrwkv.load(scfg, tmp_path / "rwkv.pth", {"image": str(tmp_path / "siglip")}, tmp_path / "proj.npz",
+                           mesh=mesh)
+  assert rwkv7.is_scanned(scanned["rwkv"])
+  for x, y in zip(jax.tree.leaves(rwkv7.unstack_layers(scanned["rwkv"])), jax.tree.leaves(params["rwkv"])):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert all(leaf.sharding.mesh == mesh for leaf in jax.tree.leaves(scanned))
+  batch = {"tokens": np.asarray([[0] * 4 + [5, 6, 7]]), "mask": np.ones((1, 7), bool),
+           "image": np.random.RandomState(0).randn(1, 1, 16, 16, 3).astype(np.float32),
+           "image_pos": np.asarray([[0, 1, 2, 3, -1, -1, -1]])}
+  want, _ = modrwkv.forward(config, loaded, batch)
+  got, _ = modrwkv.forward(scfg, scanned, batch)
+  assert rel_rms_err(got, want) < 1e-5
   with pytest.raises(ValueError, match="differs from the configured one"):
     modrwkv.load(CONFIG.__class__(RWKV, (("image", modrwkv.ModalityConfig(
         "siglip", SIGLIP.__class__(**{**vars(vcfg), "num_layers": 2}), CONFIG.modality("image").projector)),)),
         tmp_path / "rwkv.pth", {"image": str(tmp_path / "siglip")})
+
+
+def test_init_params_with_peft_adapters_and_their_axes():
+  """init_params(config, key, peft_config) adds the adapters to RWKV-7 (Bone blocks start at zero, so the
+  model equals the base model), and param_logical_axes / abstract_params cover every leaf."""
+  config = modrwkv.ModRWKVConfig(RWKV.replace(scan_layers=True), CONFIG.modalities, max_length=256)
+  bone = peft.PeftConfig(method="bone", r=8)
+  p = modrwkv.init_params(config, jax.random.key(0), bone)
+  base = modrwkv.init_params(config, jax.random.key(0))
+  assert p["rwkv"]["blocks"]["att"]["key"]["bone"].shape == (RWKV.n_layer, 8, RWKV.n_embd)
+  assert not np.any(np.asarray(p["rwkv"]["blocks"]["att"]["key"]["bone"]))
+  for kp, leaf in jax.tree_util.tree_leaves_with_path(base):
+    node = p
+    for k in kp:
+      node = node[k.key]
+    np.testing.assert_array_equal(node, leaf)
+  shapes = modrwkv.abstract_params(config, bone)
+  assert jax.tree.structure(shapes) == jax.tree.structure(p)
+  axes = modrwkv.param_logical_axes(config, bone)
+  assert axes["rwkv"]["blocks"]["att"]["key"]["bone"] == jax.sharding.PartitionSpec("layers", "adapter_rank", "attn")
+  sharding.logical_to_mesh(axes, sharding.make_mesh())
 
 
 # ---------------------------------------------------------------------------------------------

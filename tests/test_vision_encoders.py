@@ -3,8 +3,9 @@
 References: `SiglipVisionModel`, `SiglipModel`, `Siglip2VisionModel` and `CLIPVisionModel` / `CLIPModel`
 (transformers 5.x), built offline from tiny config objects with every parameter perturbed (so no
 bias is zero and no LayerNorm is the identity), saved with `save_pretrained` and read back with our
-torch-free `load_hf`. Tolerance: relative RMS error < 1e-5 in float32 for every output compared
-(`last_hidden_state`, every `hidden_states` entry, the pooler output); bfloat16 compute < 2e-2.
+torch-free `load_hf`, in both layer layouts (unrolled `layers_i`, and scanned: one `layers` stack).
+Tolerance: relative RMS error < 1e-5 in float32 for every output compared (`last_hidden_state`, every
+`hidden_states` entry, the pooler output); bfloat16 compute < 2e-2.
 """
 
 import json
@@ -15,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from modrwkv_jax import sharding
 from modrwkv_jax.data import image as im
-from modrwkv_jax.models.encoders import clip, siglip
+from modrwkv_jax.models.encoders import clip, siglip, transformer
 from modrwkv_jax.models.encoders.transformer import EncoderLayer, layer_params_from_hf, logical_axes
 
 torch = pytest.importorskip("torch")
@@ -48,6 +50,9 @@ def perturb(model, seed: int):
 
 def nhwc(x):
   return jnp.asarray(x.float().numpy().transpose(0, 2, 3, 1))
+
+
+LAYOUTS = pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
 
 
 def save(model, folder, **kwargs):
@@ -88,9 +93,11 @@ def clip_model(tmp_path_factory):
   return model, save(model, tmp_path_factory.mktemp("clip"))
 
 
-def test_siglip_matches_transformers(siglip_model):
+@LAYOUTS
+def test_siglip_matches_transformers(siglip_model, scan):
   model, folder = siglip_model
-  config, params = siglip.load_hf(folder, with_head=True)
+  config, params = siglip.load_hf(folder, with_head=True, scan_layers=scan)
+  assert ("layers" in params["encoder"]) == scan and config.scan_layers == scan
   assert (config.hidden_size, config.num_layers, config.image_size, config.patch_size) == (32, 2, 32, 8)
   pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
   with torch.no_grad():
@@ -99,14 +106,15 @@ def test_siglip_matches_transformers(siglip_model):
   errors = {"last_hidden_state": rel_rms(out.last_hidden_state, ref.last_hidden_state),
             "pooler_output": rel_rms(out.pooler_output, ref.pooler_output)}
   errors.update({f"hidden_states[{i}]": rel_rms(a, b) for i, (a, b) in enumerate(zip(out.hidden_states, ref.hidden_states))})
-  print(f"SigLIP rel-RMS vs SiglipVisionModel: {errors}")
+  print(f"SigLIP ({'scanned' if scan else 'unrolled'}) rel-RMS vs SiglipVisionModel: {errors}")
   assert len(out.hidden_states) == len(ref.hidden_states) == 3
   assert max(errors.values()) < TOL, errors
   # forward = the ModRWKV features: last_hidden_state [B, (32/8)², 32], no head needed
-  config_nohead, params_nohead = siglip.load_hf(folder)
+  config_nohead, params_nohead = siglip.load_hf(folder, scan_layers=scan)
   assert "head" not in params_nohead and not config_nohead.use_head
-  features = siglip.forward(config_nohead, params_nohead, nhwc(pixels))
-  assert features.shape == (3, 16, 32)
+  features, mask = siglip.encode(config_nohead, params_nohead, nhwc(pixels))
+  assert features.shape == (3, 16, 32) and bool(mask.all())
+  assert siglip.num_tokens(config_nohead, 32 * 32) == 16
   assert rel_rms(features, ref.last_hidden_state) < TOL
 
 
@@ -130,9 +138,10 @@ def test_siglip2_fixed_resolution_full_checkpoint(siglip2_fixed_full):
 NAFLEX_SHAPES = [(5, 8), (3, 2), (4, 4), (2, 13), (1, 1), (4, 10)]
 
 
-def test_siglip2_naflex_matches_transformers(naflex_model):
+@LAYOUTS
+def test_siglip2_naflex_matches_transformers(naflex_model, scan):
   model, folder = naflex_model
-  config, params = siglip.load_hf(folder, with_head=True)
+  config, params = siglip.load_hf(folder, with_head=True, scan_layers=scan)
   assert config.naflex and config.num_patches == 16
   L = 40
   shapes = torch.tensor(NAFLEX_SHAPES)
@@ -145,8 +154,15 @@ def test_siglip2_naflex_matches_transformers(naflex_model):
   errors = {"last_hidden_state": rel_rms(out.last_hidden_state, ref.last_hidden_state),
             "embeddings": rel_rms(out.hidden_states[0], ref.hidden_states[0]),
             "pooler_output": rel_rms(out.pooler_output, ref.pooler_output)}
-  print(f"SigLIP2 NaFlex rel-RMS vs Siglip2VisionModel: {errors}")
+  print(f"SigLIP2 NaFlex ({'scanned' if scan else 'unrolled'}) rel-RMS vs Siglip2VisionModel: {errors}")
   assert max(errors.values()) < TOL, errors
+  # The encoder interface: the patch mask comes back as the token mask; num_tokens counts the real
+  # patches of an image of n = h·w·p² pixels (the data layer's measure).
+  siglip.check_inputs(config, pixels.numpy(), mask.numpy(), shapes.numpy())
+  token_mask = jax.jit(lambda m: siglip.encode(config, params, jnp.asarray(pixels.numpy()), m,  # features DCE'd
+                                               spatial_shapes=jnp.asarray(shapes.numpy()))[1])(mask.numpy())
+  np.testing.assert_array_equal(token_mask, mask.numpy().astype(bool))
+  assert [siglip.num_tokens(config, h * w * 16) for h, w in NAFLEX_SHAPES] == list(mask.numpy().sum(1))
 
 
 def test_siglip2_naflex_end_to_end_with_processor(naflex_model):
@@ -166,10 +182,11 @@ def test_siglip2_naflex_end_to_end_with_processor(naflex_model):
   assert rel_rms(np.asarray(ours)[real], ref.numpy()[real]) < TOL
 
 
-def test_clip_matches_transformers(clip_model):
+@LAYOUTS
+def test_clip_matches_transformers(clip_model, scan):
   """CLIP: final layer incl. CLS before post-LN (ModRWKV), the penultimate layer (LLaVA), the pooler."""
   model, folder = clip_model
-  config, params = clip.load_hf(folder)
+  config, params = clip.load_hf(folder, scan_layers=scan)
   assert (config.num_layers, config.image_size, config.num_positions, config.activation) == (3, 30, 10, "quick_gelu")
   pixels = torch.randn(2, 3, 30, 30, generator=torch.Generator().manual_seed(3))
   with torch.no_grad():
@@ -178,12 +195,14 @@ def test_clip_matches_transformers(clip_model):
   errors = {"last_hidden_state": rel_rms(out.last_hidden_state, ref.last_hidden_state),
             "pooler_output": rel_rms(out.pooler_output, ref.pooler_output)}
   errors.update({f"hidden_states[{i}]": rel_rms(a, b) for i, (a, b) in enumerate(zip(out.hidden_states, ref.hidden_states))})
-  print(f"CLIP rel-RMS vs CLIPVisionModel: {errors}")
+  print(f"CLIP ({'scanned' if scan else 'unrolled'}) rel-RMS vs CLIPVisionModel: {errors}")
   assert max(errors.values()) < TOL, errors
   features = clip.forward(config, params, nhwc(pixels))  # ModRWKV: [B, 1 + 9, C]
   assert features.shape == (2, 10, 32) and rel_rms(features, ref.last_hidden_state) < TOL
-  llava = clip.forward(config, params, nhwc(pixels), layer=-2, drop_cls=True)
+  llava, mask = clip.encode(config, params, nhwc(pixels), layer=-2, drop_cls=True)  # a scanned stack is sliced
   assert llava.shape == (2, 9, 32) and rel_rms(llava, ref.hidden_states[-2][:, 1:]) < TOL
+  assert mask.shape == (2, 9) and clip.num_tokens(config, 30 * 30, layer=-2, drop_cls=True) == 9
+  assert clip.num_tokens(config, 30 * 30) == 10
 
 
 def test_clip_full_checkpoint(tmp_path):
@@ -245,21 +264,68 @@ def test_shared_encoder_layer_whisper_names():
   ref = ref[0] if isinstance(ref, tuple) else ref
   ours = EncoderLayer(4, 64, "gelu", eps=1e-5, key_bias=False).apply({"params": params}, jnp.asarray(x.numpy()))
   assert rel_rms(ours, ref) < TOL
-
-
-def test_every_parameter_has_logical_axes(siglip_model, naflex_model, clip_model):
-  allowed = {"embed", "heads", "mlp", None}
-  for module, path in ((siglip, siglip_model[1]), (siglip, naflex_model[1]), (clip, clip_model[1])):
-    config, params = module.load_hf(path)
-    axes = module.param_logical_axes(config)
-    assert jax.tree.structure(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)) == \
-        jax.tree.structure(params)
-    flat_axes = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-    for spec, leaf in zip(flat_axes, jax.tree.leaves(params)):
-      assert len(spec) == leaf.ndim and set(spec) <= allowed, (spec, leaf.shape)
   layer_axes = logical_axes(EncoderLayer(4, 64), jnp.zeros((1, 3, 32)))
-  assert layer_axes["self_attn"]["q_proj"]["kernel"] == jax.sharding.PartitionSpec("embed", "heads")
-  assert layer_axes["mlp"]["fc2"]["kernel"] == jax.sharding.PartitionSpec("mlp", "embed")
+  assert layer_axes["self_attn"]["q_proj"]["kernel"] == jax.sharding.PartitionSpec("enc_embed", "enc_qkv")
+  assert layer_axes["self_attn"]["out_proj"]["kernel"] == jax.sharding.PartitionSpec("enc_qkv", "enc_embed")
+  assert layer_axes["mlp"]["fc2"]["kernel"] == jax.sharding.PartitionSpec("enc_mlp", "enc_embed")
+
+
+TINY_CONFIGS = {
+    "siglip": (siglip, siglip.SiglipConfig(hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2,
+                                           patch_size=4, image_size=8, use_head=True)),
+    "siglip2-naflex": (siglip, siglip.SiglipConfig(hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2,
+                                                   patch_size=4, image_size=None, naflex=True, num_patches=4)),
+    "clip": (clip, clip.CLIPConfig(hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2, patch_size=4,
+                                   image_size=8)),
+}
+
+
+def _specs(tree):
+  return jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+@pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
+def test_every_parameter_resolves_to_a_sharding(name):
+  """Every leaf of param_logical_axes uses the encoder vocabulary of modrwkv_jax.sharding and resolves
+  with logical_to_mesh (which raises on a name without a rule or a name used twice), in both layouts."""
+  module, config = TINY_CONFIGS[name]
+  for scan in (False, True):
+    cfg = config.replace(scan_layers=scan)
+    axes = module.param_logical_axes(cfg)
+    shardings = sharding.logical_to_mesh(axes, sharding.make_mesh())
+    shapes = [x.shape for x in jax.tree.leaves(jax.eval_shape(lambda c=cfg: module.init_params(c, jax.random.key(0))))]
+    assert len(_specs(axes)) == len(shapes) == len(jax.tree.leaves(shardings))
+    for spec, shape in zip(_specs(axes), shapes):
+      assert len(spec) == len(shape), (spec, shape)
+      assert set(spec) <= sharding.rule_names() | {None}, spec
+    if scan:
+      assert all(spec[0] == "layers" for spec in _specs(axes["encoder"]["layers"]))
+  assert axes["encoder"]["layers"]["self_attn"]["q_proj"]["kernel"] == jax.sharding.PartitionSpec(
+      "layers", "enc_embed", "enc_qkv")
+
+
+@pytest.mark.parametrize("kind", ["siglip", "clip"])
+def test_load_builds_params_without_init_and_places_them(kind, siglip_model, clip_model, monkeypatch):
+  """load_hf builds params from the file alone (the random initialiser is patched to raise), in the
+  layout asked for; with a mesh every leaf carries its NamedSharding. stack/unstack_layers convert the
+  unrolled layout into the scanned one and back, exactly."""
+  module, folder = (siglip, siglip_model[1]) if kind == "siglip" else (clip, clip_model[1])
+  _, unrolled = module.load_hf(folder)
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("load_hf ran the random initialiser")
+
+  monkeypatch.setattr(module, "init_params", refuse)
+  monkeypatch.setattr(module, "_init_boxed", refuse)
+  mesh = sharding.make_mesh()
+  config, scanned = module.load_hf(folder, scan_layers=True, mesh=mesh)
+  want = sharding.logical_to_mesh(module.param_logical_axes(config), mesh)
+  for leaf, named in zip(jax.tree.leaves(scanned), jax.tree.leaves(want)):
+    assert leaf.sharding == named
+  assert "layers_0" not in scanned["encoder"] and scanned["encoder"]["layers"]["mlp"]["fc1"]["kernel"].shape[0] == \
+      config.num_layers
+  jax.tree.map(np.testing.assert_array_equal, transformer.stack_layers(unrolled), scanned)
+  jax.tree.map(np.testing.assert_array_equal, transformer.unstack_layers(scanned), unrolled)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +377,7 @@ def test_missing_and_misshaped_tensors(siglip_model, clip_model, tmp_path):
 
 
 def test_wrong_pixel_tensors(siglip_model, naflex_model, clip_model):
+  """Shapes are checked by forward (statically); values by check_inputs, on numpy inputs at the boundary."""
   config, params = siglip.load_hf(siglip_model[1])
   with pytest.raises(ValueError, match=r"pixels have shape \(1, 24, 24, 3\); this checkpoint expects float\[B, 32, 32, 3\]"):
     siglip.forward(config, params, jnp.zeros((1, 24, 24, 3)))
@@ -324,7 +391,17 @@ def test_wrong_pixel_tensors(siglip_model, naflex_model, clip_model):
   config, params = siglip.load_hf(naflex_model[1])
   with pytest.raises(ValueError, match=r"NaFlex pixels have shape \(1, 8, 47\); expected patchified float\[B, L, 48\]"):
     siglip.forward(config, params, jnp.zeros((1, 8, 47)), jnp.ones((1, 8)), jnp.array([[2, 4]]))
-  with pytest.raises(ValueError, match=r"spatial_shapes\[0\] = \(3, 4\) must be positive with h·w <= 8"):
-    siglip.forward(config, params, jnp.zeros((1, 8, 48)), jnp.ones((1, 8)), jnp.array([[3, 4]]))
   with pytest.raises(ValueError, match=r"needs spatial_shapes"):
     siglip.forward(config, params, jnp.zeros((1, 8, 48)))
+  with pytest.raises(ValueError, match=r"check_inputs: spatial_shapes\[0\] = \(3, 4\) must be positive with h·w <= 8"):
+    siglip.check_inputs(config, np.zeros((1, 8, 48)), np.ones((1, 8)), np.array([[3, 4]]))
+  mask = np.ones((2, 8), bool)
+  mask[1, 6:] = False
+  with pytest.raises(ValueError, match=r"pixel_attention_mask\[1\] has 6 real patches, not the first h·w = 4"):
+    siglip.check_inputs(config, np.zeros((2, 8, 48)), mask, np.array([[2, 4], [2, 2]]))
+  siglip.check_inputs(config, np.zeros((2, 8, 48)), np.arange(8)[None] < np.array([[8], [4]]), np.array([[2, 4], [2, 2]]))
+  config, _ = clip.load_hf(clip_model[1])
+  bad = np.zeros((2, 30, 30, 3), np.float32)
+  bad[1, 3, 4, 0] = np.nan
+  with pytest.raises(ValueError, match=r"clip.check_inputs: image 1 holds NaN or inf"):
+    clip.check_inputs(config, bad)

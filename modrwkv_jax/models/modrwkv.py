@@ -29,10 +29,13 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
+from modrwkv_jax import peft, sharding
 from modrwkv_jax.models import projector as proj
 from modrwkv_jax.models import rwkv7
 from modrwkv_jax.models.encoders import clip, siglip, timeseries, wavlm, whisper
@@ -95,19 +98,12 @@ class ModRWKVConfig:
 # Encoding items.
 
 def _run_encoder(m: ModalityConfig, params, inputs, mask, spatial_shapes=None):
-  """Encoder forward normalised to (features float[N, L, C], mask bool[N, L])."""
+  """The encoder's `encode` (one interface for every encoder): (features float[N, L, C], mask bool[N, L])."""
   module, _ = ENCODERS[m.encoder]
   opts = dict(m.encoder_options)
-  if m.encoder == "siglip" and spatial_shapes is not None:  # NaFlex: patches + patch mask + grid shapes
-    out = module.forward(m.encoder_config, params, inputs, mask, spatial_shapes, **opts)
-    return out, mask.astype(bool)
-  if m.encoder in ("siglip", "clip"):
-    out = module.forward(m.encoder_config, params, inputs, **opts)
-    return out, jnp.ones(out.shape[:2], bool)
-  if m.encoder in ("whisper", "wavlm"):
-    return module.forward(m.encoder_config, params, inputs, mask, **opts)
-  feats, out_mask, _ = module.forward(m.encoder_config, params, inputs, mask, **opts)
-  return feats, out_mask
+  if spatial_shapes is not None:  # SigLIP2 NaFlex: patches + patch mask + grid shapes
+    opts["spatial_shapes"] = spatial_shapes
+  return module.encode(m.encoder_config, params, inputs, mask, **opts)
 
 
 def encode_items(config: ModRWKVConfig, params: Mapping, name: str, inputs, mask=None, spatial_shapes=None):
@@ -138,25 +134,11 @@ def capacity(config: ModRWKVConfig, name: str, item_shape: tuple[int, ...]) -> i
 
 
 def num_tokens(config: ModRWKVConfig, name: str, input_length: int) -> int:
-  """Real tokens of one item with `input_length` real input steps (frames, samples or series steps).
-
-  Images always give `capacity`. `pipeline_num_tokens` wraps this for the data pipeline.
-  """
+  """Real tokens of one item with `input_length` real input steps (mel frames, samples or series steps;
+  images ignore it). `pipeline_num_tokens` wraps this for the data pipeline."""
   m = config.modality(name)
-  c = m.encoder_config
-  if m.encoder == "siglip":
-    length = (c.image_size // c.patch_size) ** 2
-  elif m.encoder == "clip":
-    length = (c.image_size // c.patch_size) ** 2 + (0 if dict(m.encoder_options).get("drop_cls") else 1)
-  elif m.encoder == "whisper":
-    length = int(whisper.output_lengths(c, np.asarray([input_length]), dict(m.encoder_options).get("mode", "paper"))[0])
-  elif m.encoder == "wavlm":
-    length = int(np.asarray(wavlm.frame_lengths(c, np.asarray([input_length])))[0])
-  elif m.encoder == "timer":
-    length = -(-input_length // c.patch_len)
-  else:
-    length = input_length
-  return m.projector.output_length(length)
+  module, _ = ENCODERS[m.encoder]
+  return m.projector.output_length(module.num_tokens(m.encoder_config, input_length, **dict(m.encoder_options)))
 
 
 def pipeline_num_tokens(config: ModRWKVConfig, name: str, hop_length: int = 160):
@@ -217,11 +199,12 @@ def forward(config: ModRWKVConfig, params: Mapping, batch: Mapping, state: rwkv7
   return rwkv7.forward(config.rwkv, params["rwkv"], state=state, embeddings=x, mask=mask)
 
 
-def loss(config: ModRWKVConfig, params: Mapping, batch: Mapping):
-  """Token-mean cross-entropy over label positions (labels != −100).
+def loss_terms(config: ModRWKVConfig, params: Mapping, batch: Mapping):
+  """Summed cross-entropy over label positions (labels != −100) and their count: the terms that
+  gradient accumulation and multi-host averaging add up before dividing once.
 
   Returns:
-    (loss float32[], {"loss", "accuracy", "tokens"}) — with no label in the batch the loss is 0.
+    (nll_sum float32[], n_tokens int32[], aux {"correct": int32[] argmax hits}).
   """
   logits, _ = forward(config, params, batch)
   labels = jnp.asarray(batch["labels"], jnp.int32)
@@ -229,11 +212,21 @@ def loss(config: ModRWKVConfig, params: Mapping, batch: Mapping):
   safe = jnp.where(valid, labels, 0)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
-  count = valid.sum()
+  nll_sum = jnp.where(valid, nll, 0.0).sum()
+  correct = jnp.where(valid, jnp.argmax(logits, -1) == safe, False).sum().astype(jnp.int32)
+  return nll_sum, valid.sum().astype(jnp.int32), {"correct": correct}
+
+
+def loss(config: ModRWKVConfig, params: Mapping, batch: Mapping):
+  """Token-mean cross-entropy over label positions: `loss_terms` sum / count.
+
+  Returns:
+    (loss float32[], {"loss", "accuracy", "tokens"}) — with no label in the batch the loss is 0.
+  """
+  nll_sum, count, aux = loss_terms(config, params, batch)
   denom = jnp.maximum(count, 1)
-  value = jnp.where(valid, nll, 0.0).sum() / denom
-  accuracy = jnp.where(valid, jnp.argmax(logits, -1) == safe, False).sum() / denom
-  return value, {"loss": value, "accuracy": accuracy, "tokens": count}
+  value = nll_sum / denom
+  return value, {"loss": value, "accuracy": aux["correct"] / denom, "tokens": count}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,31 +281,103 @@ def forecast_loss(config: ModRWKVConfig, params: Mapping, batch: Mapping):
 # ---------------------------------------------------------------------------------------------
 # Parameters and checkpoints.
 
-def _encoder_init(m: ModalityConfig, key):
-  return ENCODERS[m.encoder][0].init_params(m.encoder_config, key)
+def _encoder_module(m: ModalityConfig):
+  return ENCODERS[m.encoder][0]
 
 
-def init_params(config: ModRWKVConfig, key: jax.Array, encoder_params: Mapping | None = None,
-                rwkv_params: Mapping | None = None) -> dict:
-  """Fresh projectors; encoders and RWKV-7 from the given (pretrained) params, else freshly initialised."""
-  k_rwkv, k_enc, k_proj = jax.random.split(key, 3)
-  encoder_params = dict(encoder_params or {})
-  params = {"rwkv": rwkv_params if rwkv_params is not None else rwkv7.init_params(config.rwkv, k_rwkv),
-            "encoders": {}, "projectors": {}}
+def _forecast_head_init(config: ModRWKVConfig, key) -> dict:
+  D, H = config.rwkv.n_embd, config.forecast_horizon
+  return {"kernel": jax.random.normal(key, (D, H), jnp.float32) / np.sqrt(D), "bias": jnp.zeros((H,), jnp.float32)}
+
+
+FORECAST_HEAD_AXES = {"kernel": P("embed", "horizon"), "bias": P("horizon")}
+
+
+def _init_all(config: ModRWKVConfig, key: jax.Array, peft_config=None, skip=()) -> dict:
+  """Every fresh part; the parts named in `skip` ("rwkv", "encoders/<m>", "projectors") are left out."""
+  k_rwkv, k_enc, k_proj, k_peft = jax.random.split(key, 4)
+  params: dict = {"encoders": {}, "projectors": {}}
+  if "rwkv" not in skip:
+    params["rwkv"] = nn.meta.unbox(rwkv7._init_boxed(config.rwkv, k_rwkv))
   for i, (name, m) in enumerate(config.modalities):
-    params["encoders"][name] = (encoder_params[name] if name in encoder_params
-                                else _encoder_init(m, jax.random.fold_in(k_enc, i)))
-    params["projectors"][name] = proj.init_params(m.projector, jax.random.fold_in(k_proj, i))
-  if config.forecast_horizon:
-    D, H = config.rwkv.n_embd, config.forecast_horizon
-    params["forecast_head"] = {"kernel": jax.random.normal(jax.random.fold_in(k_proj, 99), (D, H)) / np.sqrt(D),
-                               "bias": jnp.zeros((H,), jnp.float32)}
+    if f"encoders/{name}" not in skip:
+      params["encoders"][name] = _encoder_module(m).init_params(m.encoder_config, jax.random.fold_in(k_enc, i))
+    if "projectors" not in skip:
+      params["projectors"][name] = proj.init_params(m.projector, jax.random.fold_in(k_proj, i))
+  if config.forecast_horizon and "projectors" not in skip:
+    params["forecast_head"] = _forecast_head_init(config, jax.random.fold_in(k_proj, 99))
+  if peft_config is not None and "rwkv" in params:
+    params["rwkv"], _ = peft.add_adapters(params["rwkv"], peft_config, k_peft)
   return params
 
 
-def abstract_params(config: ModRWKVConfig):
-  """Shapes and dtypes of `init_params(config, ...)` without computing anything."""
-  return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+def param_logical_axes(config: ModRWKVConfig, peft_config=None) -> dict:
+  """The logical axis names (PartitionSpecs of names from `modrwkv_jax.sharding`) of every leaf of
+  `init_params(config, key, peft_config)`: RWKV-7, each encoder, each projector, the forecasting
+  head and the PEFT adapters."""
+  rwkv_axes = rwkv7.param_logical_axes(config.rwkv)
+  if peft_config is not None:
+    shapes = jax.eval_shape(lambda k: _init_all(config, k, peft_config, skip=_encoder_skips(config)),
+                            jax.random.key(0))
+    rwkv_axes = peft.logical_axes(shapes["rwkv"], rwkv_axes)
+  axes = {"rwkv": rwkv_axes, "encoders": {}, "projectors": {}}
+  for name, m in config.modalities:
+    axes["encoders"][name] = _encoder_module(m).param_logical_axes(m.encoder_config)
+    axes["projectors"][name] = proj.param_logical_axes(m.projector)
+  if config.forecast_horizon:
+    axes["forecast_head"] = dict(FORECAST_HEAD_AXES)
+  return axes
+
+
+def _encoder_skips(config: ModRWKVConfig) -> tuple[str, ...]:
+  return tuple(f"encoders/{name}" for name, _ in config.modalities)
+
+
+def abstract_params(config: ModRWKVConfig, peft_config=None, *, mesh=None):
+  """jax.ShapeDtypeStruct of every leaf of `init_params(config, key, peft_config)` (with its sharding
+  on `mesh` when given), computing nothing."""
+  shapes = jax.eval_shape(lambda k: _init_all(config, k, peft_config), jax.random.key(0))
+  if mesh is None:
+    return shapes
+  shardings = sharding.logical_to_mesh(param_logical_axes(config, peft_config), mesh)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def _like(full: Mapping, like: Mapping) -> dict:
+  """The subtree of `full` with the (nested) keys of `like`."""
+  return {k: _like(full[k], v) if isinstance(v, Mapping) else full[k] for k, v in like.items()}
+
+
+def _init_fresh(config: ModRWKVConfig, key: jax.Array, peft_config, skip, mesh) -> dict:
+  """`_init_all` in one jit; with `mesh`, straight into the shardings of the parts it creates."""
+  fn = lambda k: _init_all(config, k, peft_config, skip)
+  if mesh is None:
+    return jax.jit(fn)(key)
+  shapes = jax.eval_shape(fn, key)
+  axes = _like(param_logical_axes(config, peft_config), shapes)
+  return jax.jit(fn, out_shardings=sharding.logical_to_mesh(axes, mesh))(key)
+
+
+def init_params(config: ModRWKVConfig, key: jax.Array, peft_config=None, *, mesh=None,
+                encoder_params: Mapping | None = None, rwkv_params: Mapping | None = None) -> dict:
+  """Fresh parameters: RWKV-7 (RWKV-LM init), encoders, projectors, forecasting head and, with
+  `peft_config`, PEFT adapters on RWKV-7.
+
+  mesh: initialise every leaf directly in its sharding (one jit with out_shardings): the full
+    weights never sit on one device.
+  encoder_params / rwkv_params: pretrained parts to use instead of fresh ones (they are not
+    initialised at all; adapters from `peft_config` are added to rwkv_params).
+  """
+  encoder_params = dict(encoder_params or {})
+  skip = tuple(f"encoders/{n}" for n in encoder_params) + (("rwkv",) if rwkv_params is not None else ())
+  params = _init_fresh(config, key, peft_config, skip, mesh)
+  params["encoders"].update(encoder_params)
+  if rwkv_params is not None:
+    rwkv = rwkv_params
+    if peft_config is not None:
+      rwkv, _ = peft.add_adapters(rwkv, peft_config, jax.random.fold_in(key, 7))
+    params["rwkv"] = rwkv
+  return {"rwkv": params.pop("rwkv"), **params}
 
 
 TRAINED_PARTS = ("projectors", "forecast_head")  # what ModRWKV trains on top of pretrained weights
@@ -355,19 +420,36 @@ def load_projectors(path: str | os.PathLike, config: ModRWKVConfig) -> dict:
 
 
 def load(config: ModRWKVConfig, rwkv_path: str | os.PathLike, encoder_paths: Mapping[str, str] | None = None,
-         projector_path: str | os.PathLike | None = None, *, key: jax.Array | None = None) -> dict:
-  """Assembles params: RWKV-7 from an official `.pth` (checked against config.rwkv), each encoder from
-  its HF snapshot folder (`load_hf`), projectors from `save_projectors` output (else fresh)."""
-  params = init_params(config, key if key is not None else jax.random.key(0))
-  params["rwkv"] = rwkv7.load_pth(rwkv_path, config.rwkv)[1]
+         projector_path: str | os.PathLike | None = None, *, key: jax.Array | None = None, mesh=None) -> dict:
+  """Assembles params from files, initialising only what no file provides.
+
+  RWKV-7 from an official `.pth` (checked against config.rwkv, in its layout), each encoder from its
+  HF snapshot folder (`load_hf`, checked against the configured encoder), projectors and the
+  forecasting head from `save_projectors` output. Parts without a file (encoders not in
+  `encoder_paths`, projectors without `projector_path`) are freshly initialised; nothing that is
+  loaded is initialised first. With `mesh`, every leaf is placed on its sharding.
+  """
+  params = {"rwkv": rwkv7.load_pth(rwkv_path, config.rwkv, mesh=mesh)[1], "encoders": {}, "projectors": {}}
   for name, path in (encoder_paths or {}).items():
     m = config.modality(name)
-    dtype = getattr(m.encoder_config, "dtype", None)
-    enc_config, enc_params = ENCODERS[m.encoder][0].load_hf(path, **({"dtype": dtype} if dtype else {}))
+    module = _encoder_module(m)
+    # The configured compute dtype and layer layout apply to what the snapshot holds.
+    opts = {k: getattr(m.encoder_config, k) for k in ("dtype", "scan_layers", "remat")
+            if hasattr(m.encoder_config, k)}
+    enc_config, enc_params = module.load_hf(path, mesh=mesh, **opts)
     if m.encoder_config is not None and enc_config != m.encoder_config:
       raise ValueError(f"{path}: the snapshot's {m.encoder} config {enc_config} differs from the configured one "
                        f"{m.encoder_config}")
     params["encoders"][name] = enc_params
+  skip = ("rwkv",) + tuple(f"encoders/{n}" for n in params["encoders"])
+  if projector_path is not None:
+    skip += ("projectors",)
+  fresh = _init_fresh(config, key if key is not None else jax.random.key(0), None, skip, mesh)
+  params["encoders"].update(fresh["encoders"])
   if projector_path is not None:
     params.update(load_projectors(projector_path, config))
+  else:
+    params.update({k: fresh[k] for k in TRAINED_PARTS if k in fresh})
+  if mesh is not None:  # leaves already on their sharding stay where they are
+    params = jax.device_put(params, sharding.logical_to_mesh(_like(param_logical_axes(config), params), mesh))
   return params

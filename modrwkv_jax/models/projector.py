@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from modrwkv_jax.models.conv import Conv1d
+from modrwkv_jax.layers import Conv1d, Dense, layer_norm
 
 ADAPTERS = ("vision", "audio", "series")
 
@@ -69,9 +69,7 @@ def _prefix_mask(lengths, size):
 
 
 def _dense(features, axes, name, dtype):
-  return nn.Dense(features, dtype=dtype, name=name,
-                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[-1],)))
+  return Dense(features, axes, True, dtype, name=name)
 
 
 class Projector(nn.Module):
@@ -89,27 +87,24 @@ class Projector(nn.Module):
     x = jnp.where(mask[..., None], x, 0)
     if cfg.compressor is not None:
       k, s = cfg.compressor
-      x = Conv1d(x.shape[-1], k, ("enc_embed", "enc_embed"), stride=s, use_bias=False, dtype=dt, name="compressor")(x)
+      x = Conv1d(x.shape[-1], k, ("conv_in", "enc_embed"), stride=s, use_bias=False, dtype=dt, name="compressor")(x)
       lengths = conv_length(lengths, k, s)
     D = cfg.out_features
     if cfg.kind == "vision":
-      h = _dense(cfg.hidden_mult * D, ("enc_embed", "mlp"), "fc1", dt)(x)
-      h = _dense(D, ("mlp", "embed"), "fc2", dt)(jax.nn.relu(h)).astype(jnp.float32)
-      ln = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, use_fast_variance=False, name="norm",
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
-      out = h + ln(h)
+      h = _dense(cfg.hidden_mult * D, ("enc_embed", "proj_hidden"), "fc1", dt)(x)
+      h = _dense(D, ("proj_hidden", "embed"), "fc2", dt)(jax.nn.relu(h)).astype(jnp.float32)
+      out = h + layer_norm("norm", 1e-5, jnp.float32)(h)
     elif cfg.kind == "audio":
       x = jnp.where(_prefix_mask(lengths, x.shape[1])[..., None], x, 0)
-      h = Conv1d(2 * D, 3, ("enc_embed", "mlp"), stride=2, padding=2, dtype=dt, name="conv")(x)
+      h = Conv1d(2 * D, 3, ("enc_embed", "proj_hidden"), stride=2, padding=2, dtype=dt, name="conv")(x)
       lengths = jnp.where(lengths > 0, conv_length(lengths, 3, 2, 2), 0)
-      h = _dense(2 * D, ("mlp", "mlp"), "fc1", dt)(h)
-      out = _dense(D, ("mlp", "embed"), "fc2", dt)(jax.nn.relu(h)).astype(jnp.float32)
+      h = _dense(2 * D, ("proj_hidden", "proj_mid"), "fc1", dt)(h)
+      out = _dense(D, ("proj_mid", "embed"), "fc2", dt)(jax.nn.relu(h)).astype(jnp.float32)
     else:
-      h = _dense(cfg.hidden_mult * x.shape[-1], ("enc_embed", "mlp"), "fc1", dt)(x)
-      out = _dense(D, ("mlp", "embed"), "fc2", dt)(jax.nn.relu(h)).astype(jnp.float32)
+      h = _dense(cfg.hidden_mult * x.shape[-1], ("enc_embed", "proj_hidden"), "fc1", dt)(x)
+      out = _dense(D, ("proj_hidden", "embed"), "fc2", dt)(jax.nn.relu(h)).astype(jnp.float32)
     out_mask = _prefix_mask(lengths, out.shape[1])
-    out = nn.with_logical_constraint(out, ("batch", "length", "embed"))
+    out = nn.with_logical_constraint(out, ("batch", "length", "act_embed"))
     return jnp.where(out_mask[..., None], out, 0.0), out_mask
 
 

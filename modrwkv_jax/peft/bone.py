@@ -15,8 +15,8 @@ in % r == out % r == 0. In torch layout every block of W becomes W'_ij = W_ij (I
 multiplies by (I + D_i)⁻¹, computed in float32. Bat is not linear in x ⊗ D, so its forward uses the
 merged kernel (as peft does); Bone's forward never builds it.
 
-Numerics: matmuls run in the requested compute dtype with float32 accumulation, the shard sum is
-float32, merges are computed in float32 and returned in the kernel's dtype.
+Numerics: matmuls are `modrwkv_jax.ops.matmul` (the requested compute dtype, float32 accumulation),
+the shard sum is float32, merges are computed in float32 and returned in the kernel's dtype.
 """
 
 from __future__ import annotations
@@ -24,10 +24,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def _mm(x, w, dtype):
-  """x @ w in `dtype` with float32 accumulation; returns float32 (same as rwkv7._mm)."""
-  return jnp.einsum("...i,io->...o", x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+from modrwkv_jax.ops.matmul import matmul
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,7 +68,7 @@ def bone_apply(x: jax.Array, kernel: jax.Array, block: jax.Array, dtype=jnp.floa
   Returns:
     float32[..., out].
   """
-  return _mm(x, kernel, dtype) + _mm(bone_shards(x, block.shape[0]), block, dtype)
+  return matmul(x, kernel, dtype) + matmul(bone_shards(x, block.shape[0]), block, dtype)
 
 
 def _bone_tile(block: jax.Array, n_in: int) -> jax.Array:
@@ -145,4 +142,4 @@ def bat_apply(x: jax.Array, kernel: jax.Array, block: jax.Array, dtype=jnp.float
 
   x: float[..., in]; kernel: float[in, out]; block: float[out/r, r, r]. Returns float32[..., out].
   """
-  return _mm(x, bat_merge(kernel, block), dtype)
+  return matmul(x, bat_merge(kernel, block), dtype)

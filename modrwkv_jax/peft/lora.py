@@ -11,8 +11,8 @@ lora_A [r, in], i.e. U(±1/√in), and sets b = 0, so training starts at W. PiSS
 freezes the residual K − s · a b, so training starts at W too but moves along its principal
 directions.
 
-Numerics: matmuls in the requested compute dtype with float32 accumulation; the SVD, merges and
-the residual in float32, returned in the kernel's dtype.
+Numerics: matmuls are `modrwkv_jax.ops.matmul` (the requested compute dtype, float32 accumulation);
+the SVD, merges and the residual in float32, returned in the kernel's dtype.
 """
 
 from __future__ import annotations
@@ -22,10 +22,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-
-def _mm(x, w, dtype):
-  """x @ w in `dtype` with float32 accumulation; returns float32 (same as rwkv7._mm)."""
-  return jnp.einsum("...i,io->...o", x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+from modrwkv_jax.ops.matmul import matmul
 
 
 def check_lora_shape(kernel_shape: tuple[int, ...], r: int, name: str = "kernel") -> None:
@@ -75,8 +72,8 @@ def lora_apply(x: jax.Array, kernel: jax.Array, a: jax.Array, b: jax.Array, scal
   Returns:
     float32[..., out].
   """
-  low = _mm(x, a, dtype)  # float32[..., r]
-  return _mm(x, kernel, dtype) + jnp.asarray(scale, jnp.float32) * _mm(low, b, dtype)
+  low = matmul(x, a, dtype)  # float32[..., r]
+  return matmul(x, kernel, dtype) + jnp.asarray(scale, jnp.float32) * matmul(low, b, dtype)
 
 
 def lora_merge(kernel: jax.Array, a: jax.Array, b: jax.Array, scale) -> jax.Array:

@@ -1,4 +1,5 @@
-"""Reading local Hugging Face snapshot folders (config.json + safetensors), with errors that name the file.
+"""Reading local Hugging Face snapshot folders (config.json + safetensors), with errors that name the file,
+and placing the params a loader builds from them on devices (`to_device`, optionally sharded).
 
 No torch and no network: a snapshot is a folder a user downloaded themselves, e.g. with
 `huggingface-cli download google/siglip2-base-patch16-384 --local-dir ...`.
@@ -9,9 +10,11 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from modrwkv_jax import tensor_files
+from modrwkv_jax import sharding, tensor_files
 
 
 class Snapshot:
@@ -99,3 +102,41 @@ def read_preprocessor_config(path: str | os.PathLike) -> dict:
     raise FileNotFoundError(f"{file}: missing; the image/audio processor settings come from this file")
   with open(file) as f:
     return json.load(f)
+
+
+def to_device(params: dict, param_dtype=np.float32, mesh=None, logical_axes=None) -> dict:
+  """A param tree of host (numpy) arrays -> jax arrays of `param_dtype`, converted leaf by leaf.
+
+  Consumes `params`: each leaf is replaced in place as soon as it is converted, so its host copy can
+  be freed before the next one is made. With a `mesh`, each leaf goes straight to its
+  `NamedSharding` from `sharding.logical_to_mesh(logical_axes, mesh)` (`jax.device_put` places only
+  the shards each device holds); without one, onto the default device.
+  Args:
+    params: nested dict of numpy arrays (a loader's output, e.g. `params_from_hf`).
+    param_dtype: dtype of the returned leaves (np.float32, jnp.bfloat16, ...).
+    mesh: a `jax.sharding.Mesh` ("data", "fsdp", "tensor"; `sharding.make_mesh`) or None.
+    logical_axes: the model's `param_logical_axes(config)` (a PartitionSpec tree shaped like params);
+      needed with a mesh.
+  """
+  shardings = None
+  if mesh is not None:
+    if logical_axes is None:
+      raise ValueError("to_device: a mesh needs the model's logical axes (param_logical_axes(config))")
+    shardings = sharding.logical_to_mesh(logical_axes, mesh)
+  dtype = np.dtype(param_dtype)
+
+  def walk(node, shard, path):
+    for key in list(node):
+      where = f"{path}/{key}" if path else str(key)
+      if shard is not None and key not in shard:
+        raise ValueError(f"to_device: parameter {where!r} has no logical axes; the loader and "
+                         f"param_logical_axes disagree (keys there: {sorted(shard)})")
+      sub = None if shard is None else shard[key]
+      if isinstance(node[key], Mapping):
+        walk(node[key], sub, where)
+        continue
+      host = np.asarray(node[key]).astype(dtype, copy=False)
+      node[key] = jax.device_put(host, sub) if sub is not None else jnp.asarray(host)
+
+  walk(params, shardings, "")
+  return params

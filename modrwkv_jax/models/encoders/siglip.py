@@ -16,8 +16,20 @@ Then pre-LN encoder blocks (GELU-tanh MLP) and a post-LayerNorm. ModRWKV uses `l
 ("MAP") head is optional (`use_head`) and off by default.
 
 Reading order: config and presets, the embeddings (patchify, position-embedding resize), the MAP head,
-the model, the pure-function surface (`init_params`, `forward`, `forward_all`), and last `load_hf`.
+the model, the pure-function surface (`init_params`, `forward`, `forward_all`, and the interface every
+encoder shares: `encode`, `num_tokens`, `check_inputs`), and last `load_hf`.
 Pixels are channels-last (JAX convention); HF's `pixel_values` are [B, 3, H, W]: transpose them.
+
+Params and their logical axes (modrwkv_jax.sharding):
+```
+embeddings  patch_embedding {kernel [p·p·3, D] ("enc_patch", "enc_embed"), bias [D] ("enc_embed",)}
+            position_embedding {embedding [P, D] ("enc_positions", "enc_embed")}
+encoder     layers_i (or one scanned `layers`, leading axis "layers"): transformer.EncoderLayer
+post_layernorm {scale, bias} [D] ("enc_embed",)
+head        (use_head) probe [D] ("enc_embed",), attention, layernorm, mlp as in transformer.py
+```
+Both forms store the patch embedding as one matrix over the flattened patch (py, px, c): the fixed
+resolution's Conv2d weight [D, 3, p, p] transposed to [p, p, 3, D] and reshaped.
 """
 
 from __future__ import annotations
@@ -33,10 +45,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from modrwkv_jax.models.encoders import hf_snapshot
-from modrwkv_jax.models.encoders.transformer import (MLP, Attention, Dense, Encoder, EncoderOutput, Take,
+from modrwkv_jax.layers import Dense, layer_norm
+from modrwkv_jax.models.encoders import hf_snapshot, transformer
+from modrwkv_jax.models.encoders.transformer import (EMBED, MLP, Attention, Encoder, EncoderOutput, Take,
                                                      activation_from_hf, dense_from_hf, encoder_params_from_hf,
-                                                     layer_norm, layer_norm_from_hf)
+                                                     layer_norm_from_hf)
 
 # ---------------------------------------------------------------------------------------------
 # Config.
@@ -50,6 +63,8 @@ class SiglipConfig:
   num_patches: NaFlex only, the size of the (square) position-embedding table.
   dtype: the compute dtype ("float32", "bfloat16", "float16"); LayerNorm statistics and softmax
     stay float32.
+  scan_layers: params of the encoder layers stacked under one scanned `layers` (see transformer.py).
+  remat: "none", "block" or a jax.checkpoint_policies name, applied to each encoder layer.
   """
   hidden_size: int = 768
   intermediate_size: int = 3072
@@ -64,6 +79,8 @@ class SiglipConfig:
   naflex: bool = False
   use_head: bool = False
   dtype: str = "float32"
+  scan_layers: bool = False
+  remat: str = "none"
 
   def __post_init__(self):
     for field in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "patch_size", "num_channels",
@@ -80,6 +97,7 @@ class SiglipConfig:
       raise ValueError(f"SiglipConfig: image_size={self.image_size!r} must be an int >= patch_size={self.patch_size}")
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"SiglipConfig.dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
+    transformer.check_stack_options("SiglipConfig", self.scan_layers, self.remat)
 
   @property
   def grid_size(self) -> int:
@@ -137,29 +155,6 @@ def patchify(pixels: jax.Array, patch_size: int) -> jax.Array:
   return x.reshape(B, (H // p) * (W // p), p * p * C)
 
 
-class PatchEmbedding(nn.Module):
-  """The stride-p patch convolution: float[B, H, W, C] -> float[B, ⌊H/p⌋·⌊W/p⌋, D].
-
-  kernel float[p, p, C, D] (flax HWIO; torch Conv2d weight [D, C, p, p] transposed), bias [D].
-  """
-  features: int
-  patch_size: int
-  use_bias: bool = True
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, pixels):
-    p, C = self.patch_size, pixels.shape[-1]
-    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-                        (p, p, C, self.features))
-    x = jnp.einsum("blk,kd->bld", patchify(pixels, p).astype(self.dtype), kernel.reshape(p * p * C, -1).astype(self.dtype),
-                   preferred_element_type=jnp.float32)
-    if self.use_bias:
-      x = x + self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                         (self.features,)).astype(jnp.float32)
-    return x
-
-
 class PositionEmbedding(nn.Module):
   """A learned table float32[num_positions, D] (HF `nn.Embedding`), returned whole."""
   num_positions: int
@@ -168,7 +163,7 @@ class PositionEmbedding(nn.Module):
   @nn.compact
   def __call__(self):
     init = nn.initializers.normal(1 / math.sqrt(self.features))
-    return self.param("embedding", nn.with_logical_partitioning(init, (None, "embed")),
+    return self.param("embedding", nn.with_logical_partitioning(init, ("enc_positions", "enc_embed")),
                       (self.num_positions, self.features))
 
 
@@ -221,6 +216,12 @@ def resize_position_embeddings(table: jax.Array, spatial_shapes: jax.Array, leng
                     precision=jax.lax.Precision.HIGHEST)
 
 
+def patch_embedding(features: int, use_bias: bool, dtype, name: str = "patch_embedding") -> Dense:
+  """The patch embedding as a Dense over flattened patches [p·p·C] -> [D]: the stride-p p×p 'valid'
+  Conv2d applied to `patchify`'s output (float32 result, so positions are added before rounding)."""
+  return Dense(features, ("enc_patch", "enc_embed"), use_bias, dtype, out_dtype=jnp.float32, name=name)
+
+
 class SiglipEmbeddings(nn.Module):
   """Patch embedding plus position embedding: -> float[B, L, D] in the compute dtype."""
   config: SiglipConfig
@@ -230,14 +231,14 @@ class SiglipEmbeddings(nn.Module):
     cfg = self.config
     D, cd = cfg.hidden_size, cfg.compute_dtype
     table = PositionEmbedding(cfg.num_positions, D, name="position_embedding")()
+    patches = pixels if cfg.naflex else patchify(pixels, cfg.patch_size)
+    x = patch_embedding(D, True, cd)(patches)
     if cfg.naflex:
-      x = Dense(D, (None, "embed"), True, cd, name="patch_embedding")(pixels)
       S = cfg.grid_size
       pos = resize_position_embeddings(table.reshape(S, S, D), spatial_shapes, pixels.shape[1])
     else:
-      x = PatchEmbedding(D, cfg.patch_size, True, cd, name="patch_embedding")(pixels)
       pos = table[None].astype(jnp.float32)
-    return (x.astype(jnp.float32) + pos).astype(cd)
+    return (x + pos).astype(cd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,10 +260,11 @@ class MAPHead(nn.Module):
   @nn.compact
   def __call__(self, x, mask=None):
     B, _, D = x.shape
-    probe = self.param("probe", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("embed",)), (D,))
+    probe = self.param("probe", nn.with_logical_partitioning(nn.initializers.normal(1.0), EMBED), (D,))
     q = jnp.broadcast_to(probe.astype(self.dtype), (B, 1, D))
     h = Attention(self.num_heads, dtype=self.dtype, name="attention")(q, mask, context=x)
-    h = h + MLP(self.mlp_dim, self.activation, self.dtype, name="mlp")(layer_norm("layernorm", self.eps, self.dtype)(h))
+    normed = layer_norm("layernorm", self.eps, self.dtype, EMBED)(h)
+    h = h + MLP(self.mlp_dim, self.activation, self.dtype, name="mlp")(normed)
     return h[:, 0]
 
 
@@ -289,8 +291,8 @@ class SiglipVisionTransformer(nn.Module):
     cd = cfg.compute_dtype
     x = SiglipEmbeddings(cfg, name="embeddings")(pixels, spatial_shapes)
     x, hidden_states = Encoder(cfg.num_layers, cfg.num_heads, cfg.intermediate_size, cfg.activation, cfg.eps,
-                               dtype=cd, name="encoder")(x, mask)
-    x = layer_norm("post_layernorm", cfg.eps, cd)(x)
+                               dtype=cd, scan_layers=cfg.scan_layers, remat=cfg.remat, name="encoder")(x, mask)
+    x = layer_norm("post_layernorm", cfg.eps, cd, EMBED)(x)
     pooled = None
     if cfg.use_head:
       pooled = MAPHead(cfg.num_heads, cfg.intermediate_size, cfg.activation, cfg.eps, cd, name="head")(x, mask)
@@ -321,43 +323,63 @@ def init_params(config: SiglipConfig, key: jax.Array) -> dict:
 
 def param_logical_axes(config: SiglipConfig) -> dict:
   """The logical axis names of every parameter (a tree of PartitionSpecs shaped like the params)."""
-  return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0))))
+  return transformer.logical_axes(SiglipVisionTransformer(config), *_dummy_inputs(config))
 
 
-def _concrete(x):
-  try:
-    return np.asarray(x)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    return None
-
-
-def check_inputs(config: SiglipConfig, pixels, mask=None, spatial_shapes=None) -> None:
-  """Raises ValueError naming the argument and its shape when the inputs do not fit `config`."""
+def _check_shapes(config: SiglipConfig, pixels, mask=None, spatial_shapes=None, where: str = "siglip.forward"):
+  """Static checks (shapes only, safe under jit): raises ValueError naming the argument and its shape."""
   shape = tuple(pixels.shape)
   if not config.naflex:
     s, c = config.image_size, config.num_channels
     if len(shape) == 4 and shape[1] == c and shape[-1] != c:
-      raise ValueError(f"siglip.forward: pixels have shape {shape}, which looks channels-first (HF pixel_values); "
+      raise ValueError(f"{where}: pixels have shape {shape}, which looks channels-first (HF pixel_values); "
                        f"expected channels-last float[B, {s}, {s}, {c}]: transpose with x.transpose(0, 2, 3, 1)")
     if len(shape) != 4 or shape[1:] != (s, s, c):
-      raise ValueError(f"siglip.forward: pixels have shape {shape}; this checkpoint expects float[B, {s}, {s}, {c}] "
+      raise ValueError(f"{where}: pixels have shape {shape}; this checkpoint expects float[B, {s}, {s}, {c}] "
                        f"(image_size={s}); preprocess with modrwkv_jax.data.image")
     return
   if len(shape) != 3 or shape[-1] != config.patch_dim:
-    raise ValueError(f"siglip.forward: NaFlex pixels have shape {shape}; expected patchified float[B, L, "
+    raise ValueError(f"{where}: NaFlex pixels have shape {shape}; expected patchified float[B, L, "
                      f"{config.patch_dim}] (patch_size={config.patch_size}, p·p·{config.num_channels})")
   B, L = shape[:2]
   if spatial_shapes is None:
-    raise ValueError("siglip.forward: a NaFlex (siglip2) encoder needs spatial_shapes int[B, 2]")
+    raise ValueError(f"{where}: a NaFlex (siglip2) encoder needs spatial_shapes int[B, 2]")
   if tuple(spatial_shapes.shape) != (B, 2):
-    raise ValueError(f"siglip.forward: spatial_shapes has shape {tuple(spatial_shapes.shape)}; expected {(B, 2)}")
+    raise ValueError(f"{where}: spatial_shapes has shape {tuple(spatial_shapes.shape)}; expected {(B, 2)}")
   if mask is not None and tuple(mask.shape) != (B, L):
-    raise ValueError(f"siglip.forward: pixel_attention_mask has shape {tuple(mask.shape)}; expected {(B, L)}")
-  values = _concrete(spatial_shapes)
-  if values is not None:
-    for i, (h, w) in enumerate(values.tolist()):
-      if h <= 0 or w <= 0 or h * w > L:
-        raise ValueError(f"siglip.forward: spatial_shapes[{i}] = ({h}, {w}) must be positive with h·w <= {L} patches")
+    raise ValueError(f"{where}: pixel_attention_mask has shape {tuple(mask.shape)}; expected {(B, L)}")
+
+
+def check_inputs(config: SiglipConfig, pixels, mask=None, spatial_shapes=None) -> None:
+  """The boundary check a data pipeline (or generate) runs on concrete (numpy) inputs before encoding.
+
+  Shapes as in `forward`; every real pixel finite; for NaFlex every spatial_shapes[i] = (h, w)
+  positive with h·w <= L, and the mask (if given) True at exactly the first h·w patches. Raises
+  ValueError naming the item. `forward` / `encode` check only shapes (they run under jit).
+  """
+  _check_shapes(config, pixels, mask, spatial_shapes, "siglip.check_inputs")
+  values = np.asarray(pixels)
+  finite = np.isfinite(values).reshape(*values.shape[:1 + config.naflex], -1).all(-1)  # [B] or [B, L]
+  if config.naflex and mask is not None:
+    finite |= ~np.asarray(mask).astype(bool)  # padded patches may hold anything
+  if not finite.all():
+    raise ValueError(f"siglip.check_inputs: image {int(np.argwhere(~finite)[0][0])} holds NaN or inf pixels")
+  if not config.naflex:
+    return
+  L = pixels.shape[1]
+  shapes = np.asarray(spatial_shapes)
+  for i, (h, w) in enumerate(shapes.tolist()):
+    if h <= 0 or w <= 0 or h * w > L:
+      raise ValueError(f"siglip.check_inputs: spatial_shapes[{i}] = ({h}, {w}) must be positive with h·w <= {L} "
+                       "patches")
+  if mask is not None:
+    mask = np.asarray(mask).astype(bool)
+    want = np.arange(L)[None, :] < (shapes[:, 0] * shapes[:, 1])[:, None]
+    bad = np.flatnonzero((mask != want).any(-1))
+    if bad.size:
+      i = int(bad[0])
+      raise ValueError(f"siglip.check_inputs: pixel_attention_mask[{i}] has {int(mask[i].sum())} real patches, "
+                       f"not the first h·w = {int(want[i].sum())} of spatial_shapes[{i}] = {tuple(shapes[i].tolist())}")
 
 
 def forward_all(config: SiglipConfig, params: Mapping, pixels, pixel_attention_mask=None,
@@ -368,9 +390,9 @@ def forward_all(config: SiglipConfig, params: Mapping, pixels, pixel_attention_m
     config: static under jit (`jax.jit(forward_all, static_argnums=0)`).
     pixels: float[B, H, W, 3] (fixed resolution, channels-last) or float[B, L, p·p·3] (NaFlex).
     pixel_attention_mask: NaFlex bool/int[B, L], nonzero at real patches.
-    spatial_shapes: NaFlex int[B, 2] patch rows and columns.
+    spatial_shapes: NaFlex int[B, 2] patch rows and columns (values checked by `check_inputs`).
   """
-  check_inputs(config, pixels, pixel_attention_mask, spatial_shapes)
+  _check_shapes(config, pixels, pixel_attention_mask, spatial_shapes)
   mask = None if pixel_attention_mask is None else pixel_attention_mask.astype(bool)
   return SiglipVisionTransformer(config).apply({"params": params}, pixels, mask, spatial_shapes)
 
@@ -382,6 +404,30 @@ def forward(config: SiglipConfig, params: Mapping, pixels, pixel_attention_mask=
   padded patch count for NaFlex (rows of padded patches are meaningless: drop them with the mask).
   """
   return forward_all(config, params, pixels, pixel_attention_mask, spatial_shapes).last_hidden_state
+
+
+def encode(config: SiglipConfig, params: Mapping, pixels, mask=None, *, spatial_shapes=None):
+  """The encoder interface shared by every encoder module: (features float[N, L, D], mask bool[N, L]).
+
+  pixels: float[N, H, W, 3] (fixed resolution; `mask` is ignored, every token is real) or NaFlex
+  float[N, L, p·p·3] with `mask` bool[N, L] (None: all real) and spatial_shapes int[N, 2].
+  Real tokens come first in each row (NaFlex patches are a prefix).
+  """
+  feats = forward(config, params, pixels, mask if config.naflex else None, spatial_shapes)
+  if config.naflex and mask is not None:
+    return feats, mask.astype(bool)
+  return feats, jnp.ones(feats.shape[:2], bool)
+
+
+def num_tokens(config: SiglipConfig, n: int, *, spatial_shapes=None) -> int:
+  """Features of one image whose preprocessed form has n pixels (the data layer's measure, H'·W').
+
+  Fixed resolution: (image_size / patch_size)², whatever n. NaFlex: its real patches, n // p².
+  """
+  del spatial_shapes  # an encode option; the count follows from n
+  if config.naflex:
+    return int(n) // (config.patch_size ** 2)
+  return config.num_positions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,12 +469,14 @@ def config_from_hf(hf: Mapping, source: str = "config.json", *, dtype: str = "fl
 
 
 def params_from_hf(config: SiglipConfig, take: Take) -> dict:
-  """Our params from HF tensors; take(name, shape) reads a name relative to the vision prefix."""
+  """Our params (numpy, the layout `config.scan_layers` asks for) from HF tensors; take(name, shape) reads
+  a name relative to the vision prefix."""
   D, F, p, C = config.hidden_size, config.intermediate_size, config.patch_size, config.num_channels
   if config.naflex:  # nn.Linear over patches flattened (py, px, c): the same order as our patchify
     patch = dense_from_hf(take, "embeddings.patch_embedding", config.patch_dim, D)
-  else:  # Conv2d weight [D, C, p, p] -> HWIO [p, p, C, D]
-    patch = {"kernel": np.ascontiguousarray(take("embeddings.patch_embedding.weight", (D, C, p, p)).transpose(2, 3, 1, 0)),
+  else:  # Conv2d weight [D, C, p, p] -> [p, p, C, D] -> [p·p·C, D], rows in patchify's (py, px, c) order
+    conv = take("embeddings.patch_embedding.weight", (D, C, p, p))
+    patch = {"kernel": np.ascontiguousarray(conv.transpose(2, 3, 1, 0).reshape(p * p * C, D)),
              "bias": take("embeddings.patch_embedding.bias", (D,))}
   params = {
       "embeddings": {"patch_embedding": patch,
@@ -446,11 +494,11 @@ def params_from_hf(config: SiglipConfig, take: Take) -> dict:
                       "layernorm": layer_norm_from_hf(take, "head.layernorm", D),
                       "mlp": {"fc1": dense_from_hf(take, "head.mlp.fc1", D, F),
                               "fc2": dense_from_hf(take, "head.mlp.fc2", F, D)}}
-  return params
+  return transformer.stack_layers(params) if config.scan_layers else params
 
 
-def load_hf(path: str | os.PathLike, *, dtype: str = "float32", with_head: bool = False,
-            param_dtype=jnp.float32) -> tuple[SiglipConfig, dict]:
+def load_hf(path: str | os.PathLike, *, dtype: str = "float32", with_head: bool = False, scan_layers: bool = False,
+            remat: str = "none", param_dtype=jnp.float32, mesh=None) -> tuple[SiglipConfig, dict]:
   """Reads a local HF snapshot folder of a SigLIP / SigLIP2 vision tower. No torch, no network.
 
   Accepts vision-only (`SiglipVisionModel`, `Siglip2VisionModel`: keys `embeddings...`) and full
@@ -460,17 +508,24 @@ def load_hf(path: str | os.PathLike, *, dtype: str = "float32", with_head: bool 
     path: the folder with config.json and *.safetensors.
     dtype: compute dtype of the returned config.
     with_head: also load the attention-pooling head (config.use_head); ModRWKV does not use it.
+    scan_layers, remat: the returned config's layer-stack settings; scan_layers=True returns the
+      encoder layers stacked under one `layers` (transformer.stack_layers).
     param_dtype: dtype of the returned parameters.
+    mesh: None, or a ("data", "fsdp", "tensor") Mesh: each parameter is placed with its NamedSharding
+      (sharding.logical_to_mesh of `param_logical_axes(config)`) as it is converted.
+  The params are built from the file's tensors alone (the random initialiser never runs).
   Returns:
     (SiglipConfig, params nested dict of jax arrays).
   """
   snap = hf_snapshot.Snapshot(path)
   source = os.path.join(snap.path, "config.json")
-  config = config_from_hf(snap.config, source, dtype=dtype, use_head=with_head)
+  config = config_from_hf(snap.config, source, dtype=dtype, use_head=with_head).replace(scan_layers=scan_layers,
+                                                                                         remat=remat)
   prefix = snap.find_prefix(["vision_model.", ""], "embeddings.patch_embedding.weight")
   if with_head and not snap.has(prefix + "head.probe"):
     raise KeyError(f"{snap.path}: with_head=True but the checkpoint has no attention-pooling head "
                    f"({prefix}head.probe); it was saved with vision_use_head=false")
   params = params_from_hf(config, lambda name, shape=None: snap.take(prefix + name, shape))
   snap.check_all_used(prefix, ignore=("position_ids",) + (() if with_head else (prefix + "head.",)))
-  return config, jax.tree.map(lambda x: jnp.asarray(x, param_dtype), params)
+  axes = param_logical_axes(config) if mesh is not None else None
+  return config, hf_snapshot.to_device(params, param_dtype, mesh, axes)

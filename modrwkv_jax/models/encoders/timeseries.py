@@ -28,8 +28,21 @@ normalize=False) to run the strictly causal map. Padding never changes a real ou
 are zeroed after the embedding and after every block, which is exactly the causal zero padding an
 unpadded series sees, and Timer's positions skip leading padding.
 
-Bad input raises ValueError naming the sample: NaN/inf at an observed step, a series with no
-observed step, or (Timer) fewer observed steps than one patch.
+Bad values (NaN/inf at an observed step, a series with no observed step, or, for Timer, fewer
+observed steps than one patch) are caught by `check_inputs` on concrete inputs, at the boundary (a
+data pipeline, generate); `forward` and `encode` check only shapes, so they behave the same under jit.
+
+Params and their logical axes (modrwkv_jax.sharding):
+```
+revin        weight, bias [V] ("series_var",)                       (revin_affine only)
+WaveNet      input_embedding {kernel [1, V, R] ("conv_window", "series_var", "conv_out"), bias [R] ("conv_out",)}
+             blocks_i {dilated_conv [K, R, 2R], residual [1, R, R], skip [1, R, S]: ("conv_window", "conv_in",
+                       "conv_out"), biases ("conv_out",)}
+             output_1 [1, S, C], output_2 [1, C, C]: ("conv_window", "conv_in", "enc_embed"), biases ("enc_embed",)
+Timer        patch_embed {kernel [P·V, C] ("enc_patch", "enc_embed"), bias [C] ("enc_embed",)}
+             encoder {layers_i or one scanned `layers`: transformer.EncoderLayer}
+             layer_norm {scale, bias} [C] ("enc_embed",)
+```
 """
 
 from __future__ import annotations
@@ -44,8 +57,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from modrwkv_jax.layers import Conv1d, Dense, layer_norm
 from modrwkv_jax.models.encoders import transformer
-from modrwkv_jax.models.conv import Conv1d
 
 REVIN_EPS = 1e-5  # std = sqrt(var + 1e-5): a constant series maps to 0, not inf
 
@@ -194,10 +207,11 @@ class WaveNet(nn.Module):
         x, skip = WaveNetBlock(cfg, d, name=f"blocks_{s * len(cfg.dilations) + j}")(x, m)
         skips = skips + skip
     h = jax.nn.relu(skips).astype(cd)
-    h = jax.nn.relu(Conv1d(cfg.out_channels, 1, ("conv_in", "embed"), dtype=cd, name="output_1")(h).astype(jnp.float32))
-    out = Conv1d(cfg.out_channels, 1, ("conv_in", "embed"), dtype=cd, name="output_2")(h.astype(cd))
+    h = jax.nn.relu(Conv1d(cfg.out_channels, 1, ("conv_in", "enc_embed"), dtype=cd, name="output_1")(h)
+                    .astype(jnp.float32))
+    out = Conv1d(cfg.out_channels, 1, ("conv_in", "enc_embed"), dtype=cd, name="output_2")(h.astype(cd))
     out = (out.astype(jnp.float32) * m).astype(cd)
-    return nn.with_logical_constraint(out, ("batch", "length", "embed")), stats
+    return nn.with_logical_constraint(out, transformer.ACT), stats
 
 
 def _normalize_input(module, num_vars, affine, series, mask, stats, normalize):
@@ -213,7 +227,11 @@ def _normalize_input(module, num_vars, affine, series, mask, stats, normalize):
 
 @dataclasses.dataclass(frozen=True)
 class TimerConfig:
-  """A Timer-style decoder-only (causal) patch transformer."""
+  """A Timer-style decoder-only (causal) patch transformer.
+
+  scan_layers: params of the transformer layers stacked under one scanned `encoder.layers` (transformer.py).
+  remat: "none", "block" or a jax.checkpoint_policies name, applied to each transformer layer.
+  """
   in_channels: int = 1  # V
   patch_len: int = 96  # P (Timer's token length)
   width: int = 256  # C
@@ -224,6 +242,8 @@ class TimerConfig:
   eps: float = 1e-5
   revin_affine: bool = False  # Timer normalises without a learnt affine
   dtype: str = "float32"
+  scan_layers: bool = False
+  remat: str = "none"
 
   def __post_init__(self):
     for f in ("in_channels", "patch_len", "width", "num_layers", "num_heads", "mlp_dim"):
@@ -233,6 +253,7 @@ class TimerConfig:
       raise ValueError(f"TimerConfig: width={self.width} must be even and a multiple of num_heads={self.num_heads}")
     if self.activation not in transformer.ACTIVATIONS:
       raise ValueError(f"TimerConfig.activation={self.activation!r}; choose one of {sorted(transformer.ACTIVATIONS)}")
+    transformer.check_stack_options("TimerConfig", self.scan_layers, self.remat)
 
   @property
   def compute_dtype(self):
@@ -269,15 +290,16 @@ class Timer(nn.Module):
     cfg, cd = self.config, self.config.compute_dtype
     x, stats = _normalize_input(self, cfg.in_channels, cfg.revin_affine, series, mask, stats, normalize)
     patches, patch_mask = patchify(cfg, x, mask)
-    h = transformer.Dense(cfg.width, ("patch", "embed"), True, cd, name="patch_embed")(patches)
+    h = Dense(cfg.width, ("enc_patch", "enc_embed"), True, cd, name="patch_embed")(patches)
     positions = jnp.maximum(jnp.cumsum(patch_mask, axis=1) - 1, 0)  # 0 at the first observed patch
     h = (h.astype(jnp.float32) + _sinusoid_at(positions, cfg.width)).astype(cd)
     h = jnp.where(patch_mask[..., None], h, 0)
     h, _ = transformer.Encoder(cfg.num_layers, cfg.num_heads, cfg.mlp_dim, cfg.activation, cfg.eps, key_bias=True,
-                               causal=True, dtype=cd, name="encoder")(h, patch_mask)
-    h = transformer.layer_norm("layer_norm", cfg.eps, cd)(h)
+                               causal=True, dtype=cd, scan_layers=cfg.scan_layers, remat=cfg.remat,
+                               name="encoder")(h, patch_mask)
+    h = layer_norm("layer_norm", cfg.eps, cd, transformer.EMBED)(h)
     h = jnp.where(patch_mask[..., None], h, 0)
-    return nn.with_logical_constraint(h, ("batch", "length", "embed")), patch_mask, stats
+    return nn.with_logical_constraint(h, transformer.ACT), patch_mask, stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,40 +333,50 @@ def param_logical_axes(config: WaveNetConfig | TimerConfig) -> dict:
   return transformer.logical_axes(_model(config), *_example(config))
 
 
-def _concrete(x):
-  try:
-    return np.asarray(x)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    return None
+def _as_3d(config, series, mask, where: str, whole_patch: bool = True):
+  """Static checks (shapes only, safe under jit): [B, L] or [B, L, V] series + mask -> (float[B, L, V], bool[B, L]).
 
-
-def _check_series(config, series, mask):
-  """[B, L] or [B, L, V] float series + mask -> (float[B, L, V], bool[B, L]), with boundary checks."""
+  whole_patch: Timer windows must hold at least one patch (a shorter one can never be encoded)."""
   if series.ndim == 2:
     series = series[..., None]
   if series.ndim != 3 or series.shape[-1] != config.in_channels:
-    raise ValueError(f"timeseries: series must be float[B, L] or float[B, L, V={config.in_channels}]; got shape "
+    raise ValueError(f"{where}: series must be float[B, L] or float[B, L, V={config.in_channels}]; got shape "
                      f"{tuple(series.shape)}")
   B, L, _ = series.shape
   if L == 0:
-    raise ValueError("timeseries: the series is empty (L = 0)")
+    raise ValueError(f"{where}: the series is empty (L = 0)")
+  if whole_patch and isinstance(config, TimerConfig) and L < config.patch_len:
+    raise ValueError(f"{where}: a window of {L} steps is shorter than one patch ({config.patch_len} steps), "
+                     "fewer than one patch")
   mask = jnp.ones((B, L), bool) if mask is None else jnp.asarray(mask).astype(bool)
   if tuple(mask.shape) != (B, L):
-    raise ValueError(f"timeseries: mask has shape {tuple(mask.shape)}; expected [B, L] = {(B, L)}")
-  x, m = _concrete(series), _concrete(mask)
-  if x is not None and m is not None:
-    bad = ~np.isfinite(x).all(-1) & m
-    if bad.any():
-      b, t = map(int, np.argwhere(bad)[0])
-      raise ValueError(f"timeseries: sample {b} has a non-finite value (NaN or inf) at step {t} "
-                       f"({int(bad.sum())} such steps in the batch); mask missing steps out instead")
-    count = m.sum(-1)
-    need = config.patch_len if isinstance(config, TimerConfig) else 1
-    if count.min() < need:
-      b = int(np.argmin(count))
-      what = f"one patch ({need} steps)" if need > 1 else "one step"
-      raise ValueError(f"timeseries: sample {b} has {int(count[b])} observed steps, fewer than {what}")
+    raise ValueError(f"{where}: mask has shape {tuple(mask.shape)}; expected [B, L] = {(B, L)}")
   return series, mask
+
+
+def check_inputs(config: WaveNetConfig | TimerConfig, series, mask=None) -> None:
+  """The boundary check a data pipeline (or generate) runs on concrete (numpy) inputs before encoding.
+
+  Shapes as in `forward`, and the values: no NaN/inf at an observed step (mask missing steps out
+  instead), and every series observed at least once (Timer: at least patch_len steps). Raises
+  ValueError naming the sample and step. `forward` / `encode` check only shapes (they run under jit).
+  """
+  series = np.asarray(series)
+  where = "timeseries.check_inputs"
+  x, _ = _as_3d(config, series, None if mask is None else np.asarray(mask), where)
+  x = np.asarray(x)
+  m = np.ones(x.shape[:2], bool) if mask is None else np.asarray(mask).astype(bool)
+  bad = ~np.isfinite(x).all(-1) & m
+  if bad.any():
+    b, t = map(int, np.argwhere(bad)[0])
+    raise ValueError(f"{where}: sample {b} has a non-finite value (NaN or inf) at step {t} "
+                     f"({int(bad.sum())} such steps in the batch); mask missing steps out instead")
+  count = m.sum(-1)
+  need = config.patch_len if isinstance(config, TimerConfig) else 1
+  if count.min() < need:
+    b = int(np.argmin(count))
+    what = f"one patch ({need} steps)" if need > 1 else "one step"
+    raise ValueError(f"{where}: sample {b} has {int(count[b])} observed steps, fewer than {what}")
 
 
 def forward(config: WaveNetConfig | TimerConfig, params: Mapping, series, mask=None, *, stats=None,
@@ -355,14 +387,15 @@ def forward(config: WaveNetConfig | TimerConfig, params: Mapping, series, mask=N
     config: WaveNetConfig or TimerConfig (static under jit: `jax.jit(forward, static_argnums=0)`).
     params: `init_params` output (or trained params).
     series: float[B, L] or float[B, L, V].
-    mask: bool[B, L] True at observed steps, or None (all observed).
+    mask: bool[B, L] True at observed steps, or None (all observed). Values (NaN at observed steps,
+      too few observed steps) are checked by `check_inputs`, not here.
     stats: RevINStats to normalise with (e.g. from an earlier call), or None to compute them here.
     normalize: False skips RevIN (the series is used as it is; stats is returned unchanged).
   Returns:
     (features float[B, L', C], out_mask bool[B, L'], stats): WaveNet L' = L, out_mask = mask;
     Timer L' = ceil(L / patch_len), out_mask = the patch mask. Masked outputs are 0.
   """
-  series, mask = _check_series(config, series, mask)
+  series, mask = _as_3d(config, series, mask, "timeseries.forward")
   model = _model(config)
   if isinstance(config, WaveNetConfig):
     out, stats = model.apply({"params": params}, series, mask, stats, normalize)
@@ -370,9 +403,28 @@ def forward(config: WaveNetConfig | TimerConfig, params: Mapping, series, mask=N
   return model.apply({"params": params}, series, mask, stats, normalize)
 
 
+def encode(config: WaveNetConfig | TimerConfig, params: Mapping, series, mask=None, *, stats=None,
+           normalize: bool = True):
+  """The encoder interface shared by every encoder module: `forward` without the RevIN statistics ->
+  (features float[N, L', C], mask bool[N, L']). Real steps / patches are where the mask is True (a
+  prefix when the series' padding is on the right)."""
+  feats, out_mask, _ = forward(config, params, series, mask, stats=stats, normalize=normalize)
+  return feats, out_mask
+
+
+def num_tokens(config: WaveNetConfig | TimerConfig, n: int, *, stats=None, normalize: bool = True) -> int:
+  """Features of one series of n observed steps: WaveNet n, Timer ceil(n / patch_len)."""
+  del stats, normalize
+  if isinstance(config, TimerConfig):
+    return -(-int(n) // config.patch_len)
+  if isinstance(config, WaveNetConfig):
+    return int(n)
+  raise TypeError(f"expected a WaveNetConfig or TimerConfig, got {type(config).__name__}")
+
+
 def normalize(config: WaveNetConfig | TimerConfig, params: Mapping, series, mask=None):
   """The encoder's RevIN alone: (x̂ float32[B, L, V], RevINStats), affine included."""
-  series, mask = _check_series(config, series, mask)
+  series, mask = _as_3d(config, series, mask, "timeseries.normalize", whole_patch=False)
   revin = RevIN(config.revin_affine, num_vars=config.in_channels)
   return revin.apply({"params": params.get("revin", {})}, series, mask)
 

@@ -1,20 +1,32 @@
-"""The pre-LayerNorm transformer encoder shared by the SigLIP, CLIP, Whisper and Timer-style encoders.
+"""The pre-LayerNorm transformer encoder shared by the SigLIP, CLIP, Whisper and Timer-style encoders,
+and the layer-stack machinery (unrolled or scanned, optionally rematerialised) every encoder uses.
 
 One block is `x = x + attn(layer_norm1(x), mask); x = x + mlp(layer_norm2(x))`, the layout of
 Hugging Face's `SiglipEncoderLayer` / `CLIPEncoderLayer` / `WhisperEncoderLayer`. Reading order:
-activations, the building blocks (`Dense`, `layer_norm`, `Attention`, `MLP`), `EncoderLayer`,
-`Encoder`, and last the conversion of one Hugging Face (torch layout) layer into our params.
+activations, the building blocks (`Attention`, `MLP`; Dense and LayerNorm come from
+`modrwkv_jax.layers`), `EncoderLayer`, the layer stack (`run_layers`, `stack_layers`,
+`unstack_layers`), `Encoder`, and last the conversion of one Hugging Face (torch layout) layer into
+our params.
 
-Param tree of one layer (kernels are the torch `[out, in]` weights transposed to `[in, out]`):
+Param tree of one layer (kernels are the torch `[out, in]` weights transposed to `[in, out]`), with
+the logical axis names of `modrwkv_jax.sharding`:
 ```
-layer_norm1 {scale, bias} [C]            ("embed",)
-self_attn   q_proj|k_proj|v_proj {kernel [C, C] ("embed", "heads"), bias [C] ("heads",)}
-            out_proj {kernel [C, C] ("heads", "embed"), bias [C] ("embed",)}
-layer_norm2 {scale, bias} [C]
-mlp         fc1 {kernel [C, F] ("embed", "mlp"), bias [F]}   fc2 {kernel [F, C] ("mlp", "embed"), bias [C]}
+layer_norm1 {scale, bias} [C]            ("enc_embed",)
+self_attn   q_proj|k_proj|v_proj {kernel [C, C] ("enc_embed", "enc_qkv"), bias [C] ("enc_qkv",)}
+            out_proj {kernel [C, C] ("enc_qkv", "enc_embed"), bias [C] ("enc_embed",)}
+layer_norm2 {scale, bias} [C]            ("enc_embed",)
+mlp         fc1 {kernel [C, F] ("enc_embed", "enc_mlp"), bias [F] ("enc_mlp",)}
+            fc2 {kernel [F, C] ("enc_mlp", "enc_embed"), bias [C] ("enc_embed",)}
 ```
-`k_proj` has no bias when `key_bias=False` (Whisper). "heads" names the flattened H·N output of
-the attention projections; the sharding rules map it like rwkv7's "attn" (tensor-parallel).
+`k_proj` has no bias when `key_bias=False` (Whisper). "enc_qkv" names the flattened H·N output of
+the attention projections (tensor-parallel).
+
+Two layouts of a stack of n layers, chosen by the config's `scan_layers`:
+  unrolled (default)  {"layers_0": layer, ..., "layers_{n-1}": layer}: one traced copy per layer;
+  scanned             {"layers": layer with every leaf stacked on a leading axis of size n, logical
+                      name "layers"}: `flax.linen.scan`, one traced layer, compile time independent of n.
+`stack_layers` / `unstack_layers` convert a param tree between them (the numbers are the same).
+`remat` ("none", "block" or a `jax.checkpoint_policies` name) wraps each layer in `nn.remat`.
 
 Numerics: matmuls in `dtype` with float32 accumulation; LayerNorm statistics, attention logits
 and softmax in float32; the residual stream is kept in `dtype`.
@@ -23,6 +35,7 @@ and softmax in float32; the residual stream is kept in `dtype`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +44,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from modrwkv_jax.layers import Dense, layer_norm
+
+EMBED = ("enc_embed",)  # the logical name of LayerNorm params and biases of width C
+ACT = ("batch", "length", "act_embed")  # the residual stream float[B, L, C]
 
 ACTIVATIONS: dict[str, Callable] = {
     # HF "gelu_pytorch_tanh" / "gelu_new": 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
@@ -68,37 +86,6 @@ class EncoderOutput:
   pooler_output: jax.Array | None = None
 
 
-class Dense(nn.Module):
-  """y = x @ kernel + bias; kernel float[in, out] is the torch weight transposed.
-
-  x: float[..., in] -> float[..., out] in `dtype` (float32 accumulation).
-  """
-  features: int
-  axes: tuple[str, str]
-  use_bias: bool = True
-  dtype: Any = jnp.float32
-  kernel_init: Callable = nn.initializers.lecun_normal()
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
-                        (x.shape[-1], self.features))
-    y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype),
-                   preferred_element_type=jnp.float32)
-    if self.use_bias:
-      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
-                        (self.features,))
-      y = y + bias.astype(jnp.float32)
-    return y.astype(self.dtype)
-
-
-def layer_norm(name: str, eps: float, dtype) -> nn.LayerNorm:
-  """LayerNorm over the last axis with float32 statistics (flax upcasts bf16 inputs), params ("embed",)."""
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, use_fast_variance=False, name=name,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
-
-
 def attention_bias(mask: jax.Array | None, length: int, causal: bool) -> jax.Array | None:
   """Which keys each query may see, as bool[B or 1, 1, L or 1, S] (True = visible), or None for all.
 
@@ -134,13 +121,13 @@ class Attention(nn.Module):
     S = context.shape[1]
     H = self.num_heads
     N = C // H
-    proj = lambda name, bias=True: Dense(C, ("embed", "heads"), bias, self.dtype, name=name)
+    if self.causal and S != L:
+      raise ValueError(f"Attention: causal attention needs keys from x itself; got {L} queries and {S} keys")
+    proj = lambda name, bias=True: Dense(C, ("enc_embed", "enc_qkv"), bias, self.dtype, name=name)
     q = proj("q_proj")(x).reshape(B, L, H, N)
     k = proj("k_proj", self.key_bias)(context).reshape(B, S, H, N)
     v = proj("v_proj")(context).reshape(B, S, H, N)
     logits = jnp.einsum("bqhn,bkhn->bhqk", q, k, preferred_element_type=jnp.float32) * (N ** -0.5)
-    if self.causal and S != L:
-      raise ValueError(f"Attention: causal attention needs keys from x itself; got {L} queries and {S} keys")
     allowed = attention_bias(mask, L, self.causal)
     if allowed is not None:
       # finfo.min instead of -inf: a row with every key hidden (an all-padding item) gives a uniform
@@ -148,10 +135,7 @@ class Attention(nn.Module):
       logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("bhqk,bkhn->bqhn", weights, v, preferred_element_type=jnp.float32).astype(self.dtype)
-    return Dense(C, ("heads", "embed"), True, self.dtype, name="out_proj")(out.reshape(B, L, C))
-
-
-SelfAttention = Attention
+    return Dense(C, ("enc_qkv", "enc_embed"), True, self.dtype, name="out_proj")(out.reshape(B, L, C))
 
 
 class MLP(nn.Module):
@@ -163,9 +147,9 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     C = x.shape[-1]
-    h = Dense(self.mlp_dim, ("embed", "mlp"), True, self.dtype, name="fc1")(x)
+    h = Dense(self.mlp_dim, ("enc_embed", "enc_mlp"), True, self.dtype, name="fc1")(x)
     h = ACTIVATIONS[self.activation](h.astype(jnp.float32)).astype(self.dtype)
-    return Dense(C, ("mlp", "embed"), True, self.dtype, name="fc2")(h)
+    return Dense(C, ("enc_mlp", "enc_embed"), True, self.dtype, name="fc2")(h)
 
 
 class EncoderLayer(nn.Module):
@@ -192,16 +176,127 @@ class EncoderLayer(nn.Module):
     if x.shape[-1] % self.num_heads:
       raise ValueError(f"EncoderLayer: width {x.shape[-1]} is not a multiple of num_heads={self.num_heads}")
     x = x.astype(self.dtype)
-    h = layer_norm("layer_norm1", self.eps, self.dtype)(x)
+    h = layer_norm("layer_norm1", self.eps, self.dtype, EMBED)(x)
     h = Attention(self.num_heads, self.key_bias, self.causal, self.dtype, name="self_attn")(h, mask)
-    x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
-    h = layer_norm("layer_norm2", self.eps, self.dtype)(x)
+    x = nn.with_logical_constraint(x + h, ACT)
+    h = layer_norm("layer_norm2", self.eps, self.dtype, EMBED)(x)
     h = MLP(self.mlp_dim, self.activation, self.dtype, name="mlp")(h)
-    return nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
+    return nn.with_logical_constraint(x + h, ACT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer stacks: unrolled or scanned, optionally rematerialised.
+
+# `jax.checkpoint_policies` attributes that are policies themselves (the others are factories that
+# need arguments, e.g. save_only_these_names(...)).
+REMAT_POLICIES = tuple(p for p in ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                                   "checkpoint_dots", "checkpoint_dots_with_no_batch_dims", "everything_saveable")
+                       if hasattr(jax.checkpoint_policies, p))
+REMAT_CHOICES = ("none", "block") + REMAT_POLICIES
+
+
+def check_stack_options(where: str, scan_layers, remat) -> None:
+  """Config validation of `scan_layers` / `remat` (called from each config's __post_init__)."""
+  if not isinstance(scan_layers, bool):
+    raise ValueError(f"{where}.scan_layers must be True or False, got {scan_layers!r}")
+  if remat not in REMAT_CHOICES:
+    raise ValueError(f"{where}.remat={remat!r}; choose 'none', 'block' (recompute the whole layer in the backward "
+                     f"pass) or a jax.checkpoint_policies name: {list(REMAT_POLICIES)}")
+
+
+def _scan_step(layer_cls):
+  """layer_cls whose __call__(x, *args) -> x becomes scan's (carry, *args) -> (carry, y), y = the layer output."""
+  class ScanStep(layer_cls):
+    def __call__(self, x, *args):
+      y = layer_cls.__call__(self, x, *args)
+      return y, y
+  ScanStep.__name__ = ScanStep.__qualname__ = f"Scanned{layer_cls.__name__}"
+  return ScanStep
+
+
+def run_layers(layer_cls, layer_kwargs: Mapping, num_layers: int, x, *args, scan_layers: bool = False,
+               remat: str = "none"):
+  """Applies num_layers layers `layer_cls(**layer_kwargs)` in sequence; call it inside a compact __call__.
+
+  Args:
+    layer_cls: a linen Module class whose __call__(x, *args) returns the new x (same shape).
+    x: float[B, L, C] the input of the first layer.
+    args: inputs every layer sees unchanged (a mask, a position bias); None is fine.
+    scan_layers: False: children `layers_0` ... `layers_{n-1}`; True: one child `layers`, scanned,
+      every param with a leading [n] axis named "layers".
+    remat: "none", "block" (jax.checkpoint of the whole layer) or a jax.checkpoint_policies name.
+  Returns:
+    (x after the last layer, hidden_states: tuple of num_layers + 1 arrays, x then each layer's output).
+  """
+  cls = layer_cls
+  if remat != "none":
+    policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
+    cls = nn.remat(cls, policy=policy, prevent_cse=not scan_layers)
+  if not scan_layers or num_layers == 0:
+    hidden = [x]
+    for i in range(num_layers):
+      x = cls(**layer_kwargs, name=f"layers_{i}")(x, *args)
+      hidden.append(x)
+    return x, tuple(hidden)
+  stack = nn.scan(_scan_step(cls), variable_axes={"params": 0}, split_rngs={"params": True},
+                  in_axes=(nn.broadcast,) * len(args), length=num_layers,
+                  metadata_params={nn.PARTITION_NAME: "layers"})
+  x0 = x
+  x, ys = stack(**layer_kwargs, name="layers")(x, *args)
+  return x, (x0,) + tuple(ys[i] for i in range(num_layers))
+
+
+_LAYER_KEY = re.compile(r"layers_(\d+)$")
+
+
+def _stack_leaves(trees):
+  if all(isinstance(t, np.ndarray) for t in jax.tree.leaves(trees)):
+    return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def stack_layers(params: Mapping) -> dict:
+  """Unrolled -> scanned layout: every dict holding `layers_0..layers_{n-1}` gets them as one `layers`
+  subtree whose leaves are stacked on a new leading axis [n, ...] (numpy stays numpy, jax stays jax).
+  Other keys are kept; a tree already scanned is returned as it is. Pure: `params` is not modified."""
+  if not isinstance(params, Mapping):
+    return params
+  indices = sorted(int(m.group(1)) for k in params if (m := _LAYER_KEY.fullmatch(str(k))))
+  out = {k: stack_layers(v) for k, v in params.items() if not _LAYER_KEY.fullmatch(str(k))}
+  if indices:
+    if indices != list(range(len(indices))):
+      raise ValueError(f"stack_layers: layer keys {[f'layers_{i}' for i in indices]} are not layers_0.."
+                       f"layers_{len(indices) - 1}")
+    if "layers" in out:
+      raise ValueError("stack_layers: a tree holds both 'layers' (scanned) and 'layers_i' (unrolled) keys")
+    out["layers"] = _stack_leaves([stack_layers(params[f"layers_{i}"]) for i in indices])
+  return out
+
+
+def unstack_layers(params: Mapping) -> dict:
+  """Scanned -> unrolled layout: every `layers` subtree with leaves [n, ...] becomes `layers_0..layers_{n-1}`.
+  The inverse of `stack_layers`; a tree already unrolled is returned as it is."""
+  if not isinstance(params, Mapping):
+    return params
+  out = {k: unstack_layers(v) for k, v in params.items() if k != "layers"}
+  if "layers" in params:
+    stacked = params["layers"]
+    sizes = {x.shape[0] for x in jax.tree.leaves(stacked)}
+    if len(sizes) != 1:
+      raise ValueError(f"unstack_layers: the leaves under 'layers' have leading sizes {sorted(sizes)}; "
+                       "a scanned stack has one")
+    for i in range(sizes.pop()):
+      out[f"layers_{i}"] = unstack_layers(jax.tree.map(lambda x, i=i: x[i], stacked))
+  return out
+
+
+def num_stacked_layers(layers: Mapping) -> int:
+  """The leading size of a scanned `layers` subtree."""
+  return int(jax.tree.leaves(layers)[0].shape[0])
 
 
 class Encoder(nn.Module):
-  """num_layers EncoderLayers (`layers_0` ... `layers_{n-1}`), with every hidden state returned."""
+  """num_layers EncoderLayers (`layers_0` ... or one scanned `layers`), with every hidden state returned."""
   num_layers: int
   num_heads: int
   mlp_dim: int
@@ -210,6 +305,8 @@ class Encoder(nn.Module):
   key_bias: bool = True
   causal: bool = False
   dtype: Any = jnp.float32
+  scan_layers: bool = False
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x, mask=None):
@@ -220,13 +317,10 @@ class Encoder(nn.Module):
       (last float[B, L, C], hidden_states): hidden_states is a tuple of num_layers + 1 arrays
       float[B, L, C], the input then the output of each layer (HF's `output_hidden_states`).
     """
-    x = x.astype(self.dtype)
-    hidden_states = [x]
-    for i in range(self.num_layers):
-      x = EncoderLayer(self.num_heads, self.mlp_dim, self.activation, self.eps, self.key_bias, self.causal,
-                       self.dtype, name=f"layers_{i}")(x, mask)
-      hidden_states.append(x)
-    return x, tuple(hidden_states)
+    layer = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation, eps=self.eps,
+                 key_bias=self.key_bias, causal=self.causal, dtype=self.dtype)
+    return run_layers(EncoderLayer, layer, self.num_layers, x.astype(self.dtype), mask,
+                      scan_layers=self.scan_layers, remat=self.remat)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,15 +384,15 @@ def layer_params_from_hf(take: Take, prefix: str, width: int, mlp_dim: int,
 
 def encoder_params_from_hf(take: Take, layer_prefix: str, num_layers: int, width: int, mlp_dim: int,
                            names: Mapping[str, str] = HF_LAYER_NAMES, key_bias: bool = True) -> dict:
-  """{'layers_i': layer_params_from_hf(...)} for i < num_layers; layer_prefix has '{i}', e.g.
-  'vision_model.encoder.layers.{i}.'."""
+  """{'layers_i': layer_params_from_hf(...)} for i < num_layers (the unrolled layout; `stack_layers`
+  makes the scanned one); layer_prefix has '{i}', e.g. 'vision_model.encoder.layers.{i}.'."""
   return {f"layers_{i}": layer_params_from_hf(take, layer_prefix.format(i=i), width, mlp_dim, names, key_bias)
           for i in range(num_layers)}
 
 
 def logical_axes(module: nn.Module, *args, **kwargs) -> dict:
   """The logical axis names of every parameter of `module` (a tree of PartitionSpecs shaped like the
-  params), from an abstract init with example inputs `args`."""
+  params), from an abstract init with example inputs `args` (shapes only: nothing is computed)."""
   boxed = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))["params"]
   return nn.get_partition_spec(boxed)
 

@@ -9,7 +9,10 @@ Architecture, in reading order below:
   * convolutional position embedding: grouped Conv1d(C→C, k=128, 16 groups, padding 64, last output
     dropped), weight-normed over every axis but the kernel tap (w = g·v/‖v‖), GELU, added to x.
   * transformer with gated relative position bias: layer 0 owns a bucketed table
-    `rel_attn_embed[num_buckets, H]` (T5-style log buckets, max distance 800); every layer gates it
+    `rel_attn_embed[num_buckets, H]` (T5-style log buckets, max distance 800). transformers computes
+    the bias [H, T, T] in layer 0 and hands the same tensor to every later layer; we compute it once
+    before the layers (the table is a top-level param) and give it to all of them, which is the same
+    computation and lets every layer be identical (a scanned stack, `scan_layers`). Every layer gates it
     per query and head: g = σ(a)·(σ(b)·const_h − 1) + 2 with (a, b) = pair sums of
     Linear(head_dim→8)(x_head); logits = (q/√N)·k + g·bias. `do_stable_layer_norm=False` (base):
     x + pos -> LayerNorm -> post-norm blocks; True (large): x + pos -> pre-norm blocks -> LayerNorm.
@@ -35,8 +38,13 @@ layers_i {attention {q_proj, k_proj, v_proj, out_proj, gru_rel_pos_const [H], gr
           layer_norm, feed_forward {fc1, fc2}, final_layer_norm}
                 [feed_forward.intermediate_dense / output_dense; gru_rel_pos_const is [1, H, 1, 1]]
 ```
-Logical axes: transformer.py's names for the blocks, ("conv_window", "conv_in", "conv_out") for the
-feature encoder, ("conv_window", "conv_in", "embed") for the position conv.
+Logical axes (modrwkv_jax.sharding): feature encoder conv kernels ("conv_window", "conv_in", "conv_out"),
+their biases and norms ("conv_out",); feature_projection layer_norm ("conv_out",), projection kernel
+("conv_out", "enc_embed"); pos_conv_embed weight_v ("conv_window", "conv_in", "enc_embed"), weight_g
+("conv_window",), bias ("enc_embed",); rel_attn_embed ("rel_buckets", "enc_heads"); in each layer
+q/k/v_proj ("enc_embed", "enc_qkv"), out_proj ("enc_qkv", "enc_embed"), gru_rel_pos_const ("enc_heads",),
+gru_rel_pos_linear [N, 8] (None, None) (tiny, replicated), feed_forward as transformer.MLP, norms
+("enc_embed",). With `scan_layers` the layers are one `layers` subtree (leading axis "layers").
 
 `load_hf(path)` reads `WavLMModel` snapshots (e.g. microsoft/wavlm-base-plus, microsoft/wavlm-large)
 and task models that nest it under `wavlm.`; the weight-normed conv may be stored as
@@ -58,16 +66,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from modrwkv_jax import tensor_files
-from modrwkv_jax.models.encoders import transformer
+from modrwkv_jax.layers import Conv1d, Dense, conv1d, layer_norm
+from modrwkv_jax.models.encoders import hf_snapshot, transformer
 from modrwkv_jax.models.encoders.hf_snapshot import Snapshot, read_config
-from modrwkv_jax.models.conv import Conv1d, conv1d
 
 CONV_NORM_EPS = 1e-5  # torch GroupNorm / LayerNorm defaults inside the feature encoder
 
 
 @dataclasses.dataclass(frozen=True)
 class WavLMConfig:
-  """Sizes of a WavLM model (HF WavLMConfig names). Frozen and hashable: a static jit argument."""
+  """Sizes of a WavLM model (HF WavLMConfig names). Frozen and hashable: a static jit argument.
+
+  scan_layers: params of the transformer layers stacked under one scanned `layers` (transformer.py).
+  remat: "none", "block" or a jax.checkpoint_policies name, applied to each transformer layer.
+  """
   hidden_size: int = 768
   num_hidden_layers: int = 12
   num_attention_heads: int = 12
@@ -86,6 +98,8 @@ class WavLMConfig:
   max_bucket_distance: int = 800
   do_stable_layer_norm: bool = False
   dtype: str = "float32"  # compute dtype; params stay float32
+  scan_layers: bool = False
+  remat: str = "none"
 
   def __post_init__(self):
     for f in ("conv_dim", "conv_stride", "conv_kernel"):
@@ -104,6 +118,7 @@ class WavLMConfig:
     for f in ("hidden_act", "feat_extract_activation"):
       if getattr(self, f) not in transformer.ACTIVATIONS:
         raise ValueError(f"WavLMConfig.{f}={getattr(self, f)!r}; choose one of {sorted(transformer.ACTIVATIONS)}")
+    transformer.check_stack_options("WavLMConfig", self.scan_layers, self.remat)
 
   @property
   def head_dim(self) -> int:
@@ -127,7 +142,8 @@ class WavLMConfig:
       raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}; expected 'wavlm'")
     if hf.get("add_adapter", False):
       raise ValueError(f"{source}: add_adapter=true (a conv adapter after the encoder) is not supported")
-    fields = {f.name for f in dataclasses.fields(cls)} - {"dtype", "hidden_act", "feat_extract_activation"}
+    fields = {f.name for f in dataclasses.fields(cls)} - {"dtype", "hidden_act", "feat_extract_activation",
+                                                          "scan_layers", "remat"}
     kwargs = {k: hf[k] for k in fields if k in hf}
     kwargs["hidden_act"] = transformer.activation_from_hf(hf.get("hidden_act", "gelu"), source)
     kwargs["feat_extract_activation"] = transformer.activation_from_hf(hf.get("feat_extract_activation", "gelu"),
@@ -249,8 +265,8 @@ class FeatureProjection(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg, cd = self.config, self.config.compute_dtype
-    x = transformer.layer_norm("layer_norm", cfg.layer_norm_eps, cd)(x)
-    return transformer.Dense(cfg.hidden_size, ("conv_out", "embed"), True, cd, name="projection")(x)
+    x = layer_norm("layer_norm", cfg.layer_norm_eps, cd, ("conv_out",))(x)
+    return Dense(cfg.hidden_size, ("conv_out", "enc_embed"), True, cd, name="projection")(x)
 
 
 class PositionalConvEmbedding(nn.Module):
@@ -262,9 +278,9 @@ class PositionalConvEmbedding(nn.Module):
     cfg, cd = self.config, self.config.compute_dtype
     C, K, G = cfg.hidden_size, cfg.num_conv_pos_embeddings, cfg.num_conv_pos_embedding_groups
     v = self.param("weight_v", nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                            ("conv_window", "conv_in", "embed")), (K, C // G, C))
+                                                            ("conv_window", "conv_in", "enc_embed")), (K, C // G, C))
     g = self.param("weight_g", nn.with_logical_partitioning(nn.initializers.ones, ("conv_window",)), (K,))
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (C,))
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, transformer.EMBED), (C,))
     # torch weight_norm(dim=2): one norm per kernel tap over (out, in/groups); ‖v‖ > 0 for any trained v.
     v32 = v.astype(jnp.float32)
     kernel = g.astype(jnp.float32)[:, None, None] * v32 / jnp.sqrt(jnp.sum(v32 * v32, axis=(1, 2), keepdims=True))
@@ -287,13 +303,13 @@ class WavLMAttention(nn.Module):
     cfg, cd = self.config, self.config.compute_dtype
     B, T, C = x.shape
     H, N = cfg.num_attention_heads, cfg.head_dim
-    dense = lambda name, features, axes: transformer.Dense(features, axes, True, cd, name=name)
-    q = dense("q_proj", C, ("embed", "heads"))(x).reshape(B, T, H, N).astype(jnp.float32) * (N ** -0.5)
-    k = dense("k_proj", C, ("embed", "heads"))(x).reshape(B, T, H, N)
-    v = dense("v_proj", C, ("embed", "heads"))(x).reshape(B, T, H, N)
+    dense = lambda name, features, axes: Dense(features, axes, True, cd, name=name)
+    q = dense("q_proj", C, ("enc_embed", "enc_qkv"))(x).reshape(B, T, H, N).astype(jnp.float32) * (N ** -0.5)
+    k = dense("k_proj", C, ("enc_embed", "enc_qkv"))(x).reshape(B, T, H, N)
+    v = dense("v_proj", C, ("enc_embed", "enc_qkv"))(x).reshape(B, T, H, N)
     # Gate per (query, head) from the layer input's head slice; g in (1, 1 + const).
-    const = self.param("gru_rel_pos_const", nn.with_logical_partitioning(nn.initializers.ones, ("heads",)), (H,))
-    gate_in = dense("gru_rel_pos_linear", 8, ("head_dim", None))(x.reshape(B, T, H, N)).astype(jnp.float32)
+    const = self.param("gru_rel_pos_const", nn.with_logical_partitioning(nn.initializers.ones, ("enc_heads",)), (H,))
+    gate_in = dense("gru_rel_pos_linear", 8, (None, None))(x.reshape(B, T, H, N)).astype(jnp.float32)
     gate_a, gate_b = jnp.split(jax.nn.sigmoid(gate_in.reshape(B, T, H, 2, 4).sum(-1)), 2, axis=-1)
     gate = (gate_a * (gate_b * const.astype(jnp.float32)[:, None] - 1.0) + 2.0)[..., 0]  # [B, T, H]
     bias = jnp.einsum("bqh,hqk->bhqk", gate, position_bias)
@@ -302,7 +318,7 @@ class WavLMAttention(nn.Module):
       logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(cd)
     out = jnp.einsum("bhqk,bkhn->bqhn", weights, v, preferred_element_type=jnp.float32).astype(cd)
-    return dense("out_proj", C, ("heads", "embed"))(out.reshape(B, T, C))
+    return dense("out_proj", C, ("enc_qkv", "enc_embed"))(out.reshape(B, T, C))
 
 
 class EncoderLayer(nn.Module):
@@ -312,7 +328,7 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x, position_bias, key_mask=None):
     cfg, cd = self.config, self.config.compute_dtype
-    ln = lambda name: transformer.layer_norm(name, cfg.layer_norm_eps, cd)
+    ln = lambda name: layer_norm(name, cfg.layer_norm_eps, cd, transformer.EMBED)
     attention = WavLMAttention(cfg, name="attention")
     ffn = lambda h: transformer.MLP(cfg.intermediate_size, cfg.hidden_act, cd, name="feed_forward")(h)
     if cfg.do_stable_layer_norm:
@@ -321,7 +337,7 @@ class EncoderLayer(nn.Module):
     else:
       x = ln("layer_norm")(x + attention(x, position_bias, key_mask))
       x = ln("final_layer_norm")(x + ffn(x))
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return nn.with_logical_constraint(x, transformer.ACT)
 
 
 class WavLM(nn.Module):
@@ -339,18 +355,21 @@ class WavLM(nn.Module):
     if frame_mask is not None:
       x = jnp.where(frame_mask[..., None], x, 0)
     x = x + PositionalConvEmbedding(cfg, name="pos_conv_embed")(x)
+    final_norm = layer_norm("layer_norm", cfg.layer_norm_eps, cfg.compute_dtype, transformer.EMBED)
     if not cfg.do_stable_layer_norm:
-      x = transformer.layer_norm("layer_norm", cfg.layer_norm_eps, cfg.compute_dtype)(x)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+      x = final_norm(x)
+    x = nn.with_logical_constraint(x, transformer.ACT)
     T = x.shape[1]
-    table = self.param("rel_attn_embed", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "heads")),
+    table = self.param("rel_attn_embed", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                      ("rel_buckets", "enc_heads")),
                        (cfg.num_buckets, H))
     buckets = relative_position_buckets(T, cfg.num_buckets, cfg.max_bucket_distance)
+    # HF computes this in layer 0 and passes it on unchanged: computing it here is the same tensor.
     position_bias = jnp.transpose(table.astype(jnp.float32)[buckets], (2, 0, 1))  # [H, T, T]
-    for i in range(cfg.num_hidden_layers):
-      x = EncoderLayer(cfg, name=f"layers_{i}")(x, position_bias, frame_mask)
+    x, _ = transformer.run_layers(EncoderLayer, {"config": cfg}, cfg.num_hidden_layers, x, position_bias, frame_mask,
+                                  scan_layers=cfg.scan_layers, remat=cfg.remat)
     if cfg.do_stable_layer_norm:
-      x = transformer.layer_norm("layer_norm", cfg.layer_norm_eps, cfg.compute_dtype)(x)
+      x = final_norm(x)
     return x
 
 
@@ -358,8 +377,12 @@ class WavLM(nn.Module):
 # Pure-function surface.
 
 
+def _dummy_wave(config: WavLMConfig):
+  return jnp.zeros((1, config.receptive_field))
+
+
 def _init_boxed(config: WavLMConfig, key):
-  return WavLM(config).init(key, jnp.zeros((1, config.receptive_field)))["params"]
+  return WavLM(config).init(key, _dummy_wave(config))["params"]
 
 
 def init_params(config: WavLMConfig, key: jax.Array) -> dict:
@@ -369,14 +392,43 @@ def init_params(config: WavLMConfig, key: jax.Array) -> dict:
 
 def param_logical_axes(config: WavLMConfig) -> dict:
   """The logical axis names of every parameter (a PartitionSpec tree shaped like the params)."""
-  return transformer.logical_axes(WavLM(config), jnp.zeros((1, config.receptive_field)))
+  return transformer.logical_axes(WavLM(config), _dummy_wave(config))
 
 
-def _concrete(x):
-  try:
-    return np.asarray(x)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    return None
+def _check_shapes(config: WavLMConfig, input_values, mask, where: str = "wavlm.forward"):
+  """Static checks (shapes only, safe under jit)."""
+  if input_values.ndim != 2:
+    raise ValueError(f"{where}: input_values must be float[B, N] (mono samples); got shape "
+                     f"{tuple(input_values.shape)}")
+  B, N = input_values.shape
+  if N < config.receptive_field:
+    raise ValueError(f"{where}: {N} samples is shorter than one frame ({config.receptive_field} samples, "
+                     f"{config.receptive_field / 16:g} ms at 16 kHz)")
+  if mask is not None and tuple(mask.shape) != (B, N):
+    raise ValueError(f"{where}: mask has shape {tuple(mask.shape)}; expected [B, N] = {(B, N)}")
+
+
+def check_inputs(config: WavLMConfig, input_values, mask=None) -> None:
+  """The boundary check a data pipeline (or generate) runs on concrete (numpy) inputs before encoding.
+
+  Shapes as in `forward`, and the values: each clip's mask is a prefix (right padding) of at least one
+  frame (receptive_field samples), and every real sample is finite. Raises ValueError naming the clip.
+  `forward` / `encode` check only shapes (they run under jit).
+  """
+  _check_shapes(config, input_values, mask, "wavlm.check_inputs")
+  B, N = input_values.shape
+  m = np.ones((B, N), bool) if mask is None else np.asarray(mask).astype(bool)
+  lengths = m.sum(-1)
+  for b in range(B):
+    if lengths[b] < config.receptive_field:
+      raise ValueError(f"wavlm.check_inputs: clip {b} has {int(lengths[b])} real samples, shorter than one frame "
+                       f"({config.receptive_field} samples)")
+    if not m[b, :lengths[b]].all():
+      raise ValueError(f"wavlm.check_inputs: mask[{b}] is not a prefix (real samples first, then padding)")
+  bad = ~np.isfinite(np.asarray(input_values)) & m
+  if bad.any():
+    b, t = map(int, np.argwhere(bad)[0])
+    raise ValueError(f"wavlm.check_inputs: clip {b} has a non-finite sample (NaN or inf) at index {t}")
 
 
 def forward(config: WavLMConfig, params: Mapping, input_values, mask=None, *, exact_padding: bool = False):
@@ -387,7 +439,8 @@ def forward(config: WavLMConfig, params: Mapping, input_values, mask=None, *, ex
     params: `load_hf` / `init_params` output.
     input_values: float[B, N] from `data.audio.wav2vec2_inputs` (normalised when the checkpoint's
       preprocessor says do_normalize).
-    mask: bool[B, N] True at real samples, a prefix per clip (right padding), or None (all real).
+    mask: bool[B, N] True at real samples, a prefix per clip (right padding), or None (all real);
+      values are checked by `check_inputs`, not here (a clip shorter than one frame has no real frame).
     exact_padding: group-norm checkpoints only: take the first GroupNorm's statistics over each clip's
       own frames, so a padded clip is encoded exactly as alone (transformers, False, averages over the
       padded row). No effect on layer-norm checkpoints, which are always padding-exact.
@@ -395,31 +448,31 @@ def forward(config: WavLMConfig, params: Mapping, input_values, mask=None, *, ex
     (hidden float[B, T', C], frame_mask bool[B, T']): the final layer at 50 Hz, T' =
     frame_lengths(N); frame_mask[b, t] = t < frame_lengths(n_b). Masked frames are meaningless.
   """
-  if input_values.ndim != 2:
-    raise ValueError(f"wavlm.forward: input_values must be float[B, N] (mono samples); got shape "
-                     f"{tuple(input_values.shape)}")
+  _check_shapes(config, input_values, mask)
   B, N = input_values.shape
-  if N < config.receptive_field:
-    raise ValueError(f"wavlm.forward: {N} samples is shorter than one frame ({config.receptive_field} samples, "
-                     f"{config.receptive_field / 16:g} ms at 16 kHz)")
-  if mask is not None and tuple(mask.shape) != (B, N):
-    raise ValueError(f"wavlm.forward: mask has shape {tuple(mask.shape)}; expected [B, N] = {(B, N)}")
   T = frame_lengths(config, N)
   if mask is None:
     frame_mask, key_mask = jnp.ones((B, T), bool), None
   else:
     lengths = mask.astype(jnp.int32).sum(-1)
-    known = _concrete(lengths)
-    if known is not None and known.min() < config.receptive_field:
-      b = int(np.argmin(known))
-      raise ValueError(f"wavlm.forward: clip {b} has {int(known[b])} real samples, shorter than one frame "
-                       f"({config.receptive_field} samples)")
     frame_mask = key_mask = jnp.arange(T)[None, :] < frame_lengths(config, lengths)[:, None]
   group_norm_lengths = None
   if mask is not None and exact_padding and config.feat_extract_norm == "group":
     group_norm_lengths = mask.astype(jnp.int32).sum(-1)
   hidden = WavLM(config).apply({"params": params}, input_values, key_mask, group_norm_lengths)
   return hidden, frame_mask
+
+
+def encode(config: WavLMConfig, params: Mapping, input_values, mask=None, *, exact_padding: bool = False):
+  """The encoder interface shared by every encoder module: `forward` -> (features float[N, T', C],
+  mask bool[N, T']), real frames first. input_values float[N, S] samples, mask bool[N, S] real samples."""
+  return forward(config, params, input_values, mask, exact_padding=exact_padding)
+
+
+def num_tokens(config: WavLMConfig, n: int, *, exact_padding: bool = False) -> int:
+  """Frames of one clip of n real 16 kHz samples (`frame_lengths`, 0 when shorter than one frame)."""
+  del exact_padding
+  return max(0, int(frame_lengths(config, int(n))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,7 +499,8 @@ def open_snapshot(path: str | os.PathLike) -> Snapshot:
 
 
 def params_from_snapshot(snap: Snapshot, config: WavLMConfig) -> dict:
-  """WavLM params from an opened snapshot (`WavLMModel` keys, optionally under `wavlm.`)."""
+  """WavLM params (numpy, the layout `config.scan_layers` asks for) from an opened snapshot (`WavLMModel`
+  keys, optionally under `wavlm.`)."""
   p = snap.find_prefix(("", "wavlm."), "feature_extractor.conv_layers.0.conv.weight")
   take = snap.take
   C, H, N, F = config.hidden_size, config.num_attention_heads, config.head_dim, config.intermediate_size
@@ -496,15 +550,24 @@ def params_from_snapshot(snap: Snapshot, config: WavLMConfig) -> dict:
     }
   # Pre-training / SpecAugment leftovers that inference never uses.
   snap.check_all_used(p, ignore=("masked_spec_embed", "quantizer.", "project_hid.", "project_q."))
-  return params
+  return transformer.stack_layers(params) if config.scan_layers else params
 
 
-def load_hf(path: str | os.PathLike, *, param_dtype=jnp.float32, **config_overrides) -> tuple[WavLMConfig, dict]:
+def load_hf(path: str | os.PathLike, *, param_dtype=jnp.float32, mesh=None,
+            **config_overrides) -> tuple[WavLMConfig, dict]:
   """Reads WavLM from a local HF snapshot folder (config.json + *.safetensors or pytorch_model.bin).
 
-  config_overrides: non-size fields, e.g. dtype="bfloat16". Returns (config, params).
+  The params are built from the file's tensors alone (the random initialiser never runs).
+  Args:
+    param_dtype: dtype of the returned parameters.
+    mesh: None, or a ("data", "fsdp", "tensor") Mesh: each parameter is placed with its NamedSharding
+      (sharding.logical_to_mesh of `param_logical_axes(config)`) as it is converted.
+    config_overrides: non-size fields, e.g. dtype="bfloat16", scan_layers=True (layers stacked under
+      one `layers`), remat="block".
+  Returns (config, params).
   """
   snap = open_snapshot(path)
   config = WavLMConfig.from_hf(snap.config, os.path.join(snap.path, "config.json"), **config_overrides)
   params = params_from_snapshot(snap, config)
-  return config, jax.tree.map(lambda x: jnp.asarray(x, param_dtype), params)
+  axes = param_logical_axes(config) if mesh is not None else None
+  return config, hf_snapshot.to_device(params, param_dtype, mesh, axes)
