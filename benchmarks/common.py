@@ -9,9 +9,10 @@ import jax
 
 
 def machine() -> dict:
-  """Backend, device kind, CPU count, OS and jax version, for the result JSON."""
+  """Backend, device kind, CPU count, OS, jax version and the 1-minute load average at the end of the
+  run (other jobs sharing the machine slow every number down), for the result JSON."""
   return {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
-          "platform": platform.platform(), "jax": jax.__version__}
+          "platform": platform.platform(), "jax": jax.__version__, "load_average_1m": os.getloadavg()[0]}
 
 
 def write_result(result: dict, stem: str, out: str | None = None) -> str:

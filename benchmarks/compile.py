@@ -38,13 +38,26 @@ def compile_seconds(config, tokens: int) -> float:
   return time.perf_counter() - t0
 
 
+def time_init() -> dict:
+  config = rwkv7.preset("0.4B", scan_layers=True)
+  t0 = time.perf_counter()
+  params = rwkv7.init_params(config, jax.random.key(0))
+  jax.block_until_ready(params)
+  return {"preset": "0.4B", "scan_layers": True, "seconds": time.perf_counter() - t0,
+          "parameters": sum(x.size for x in jax.tree.leaves(params))}
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--layers", type=int, nargs="+", default=[4, 12, 24])
   ap.add_argument("--tokens", type=int, default=64)
   ap.add_argument("--no-init", action="store_true", help="skip the 0.4B init timing")
+  ap.add_argument("--only-init", action="store_true", help="time only the 0.4B init (prints, writes no JSON)")
   args = ap.parse_args(argv)
 
+  if args.only_init:
+    print(f"init_params 0.4B scanned: {time_init()['seconds']:.1f} s (compile + run)")
+    return
   rows = []
   for layers in args.layers:
     row = {"layers": layers}
@@ -58,14 +71,7 @@ def main(argv=None):
     row["unrolled_vs_first"] = row["unrolled_s"] / base["unrolled_s"]
     row["scanned_vs_first"] = row["scanned_s"] / base["scanned_s"]
 
-  init = None
-  if not args.no_init:
-    config = rwkv7.preset("0.4B", scan_layers=True)
-    t0 = time.perf_counter()
-    params = rwkv7.init_params(config, jax.random.key(0))
-    jax.block_until_ready(params)
-    init = {"preset": "0.4B", "scan_layers": True, "seconds": time.perf_counter() - t0,
-            "parameters": sum(x.size for x in jax.tree.leaves(params))}
+  init = None if args.no_init else time_init()
 
   print(f"\ncompile of value_and_grad, 0.4B width, batch 1 × {args.tokens} tokens ({jax.default_backend()})")
   print(f"{'layers':>6} | {'unrolled s':>10} | {'scanned s':>9} | {'unrolled ×':>10} | {'scanned ×':>9}")

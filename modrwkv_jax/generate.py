@@ -109,6 +109,21 @@ def _stream(config, params, logits, state, key, stop_token, max_new_tokens, samp
 _prefill = jax.jit(rwkv7.forward, static_argnums=0)
 
 
+def _check_settings(max_new_tokens, temperature, top_p, top_k, presence_penalty, frequency_penalty):
+  """Sampling settings are checked before anything is compiled: a NaN would silently sample garbage."""
+  if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+    raise ValueError(f"generate: max_new_tokens must be an int >= 0; got {max_new_tokens!r}")
+  if not (np.isfinite(temperature) and temperature >= 0):
+    raise ValueError(f"generate: temperature must be finite and >= 0 (0 = greedy); got {temperature!r}")
+  if not (np.isfinite(top_p) and 0 < top_p <= 1):
+    raise ValueError(f"generate: top_p must be in (0, 1]; got {top_p!r}")
+  if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+    raise ValueError(f"generate: top_k must be an int >= 0 (0 = off); got {top_k!r}")
+  for name, value in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
+    if not np.isfinite(value):
+      raise ValueError(f"generate: {name} must be finite; got {value!r}")
+
+
 def generate(config: rwkv7.RWKV7Config, params, prompt=None, *, embeddings=None, mask=None, state=None,
              max_new_tokens: int = 500, stop_token: int | None = TURN_END_ID, temperature: float = 0.0,
              top_p: float = 1.0, top_k: int = 0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
@@ -129,6 +144,7 @@ def generate(config: rwkv7.RWKV7Config, params, prompt=None, *, embeddings=None,
   Returns:
     (list of B token lists, each cut after its stop token, final RWKV7State).
   """
+  _check_settings(max_new_tokens, temperature, top_p, top_k, presence_penalty, frequency_penalty)
   if prompt is not None and not hasattr(prompt, "ndim"):
     if len(prompt) == 0:
       raise ValueError("generate: the prompt is empty")
@@ -137,6 +153,8 @@ def generate(config: rwkv7.RWKV7Config, params, prompt=None, *, embeddings=None,
     rwkv7.check_tokens(config, prompt, "generate: prompt")  # the boundary: the jitted model does no value checks
     prompt = jnp.asarray(prompt, jnp.int32)
   logits, state = _prefill(config, params, prompt, state, embeddings=embeddings, mask=mask)
+  if max_new_tokens == 0:  # the prompt is absorbed into the state; nothing is generated
+    return [[] for _ in range(logits.shape[0])], state
   sampling = (float(temperature), float(top_p), int(top_k), float(presence_penalty), float(frequency_penalty))
   stop = -1 if stop_token is None else stop_token
   if callback is None:

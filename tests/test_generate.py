@@ -79,3 +79,18 @@ def test_prompts_are_validated_at_the_boundary(params):
     gen.generate(CONFIG, params, np.asarray([[1, -1]]), max_new_tokens=2)
   with pytest.raises(ValueError, match=r"score: candidate: token id"):
     gen.score(CONFIG, params, [1, 2], [[3], [V + 5]])
+
+
+def test_sampling_settings_are_checked_and_zero_new_tokens_returns_the_prompt_state(params):
+  prompt = [3, 14, 15]
+  for bad, match in (({"temperature": float("nan")}, "temperature"), ({"temperature": -1.0}, "temperature"),
+                     ({"top_p": 0.0}, "top_p"), ({"top_k": -2}, "top_k"), ({"max_new_tokens": -1}, "max_new_tokens"),
+                     ({"presence_penalty": float("nan")}, "presence_penalty"),
+                     ({"frequency_penalty": float("inf")}, "frequency_penalty")):
+    with pytest.raises(ValueError, match=match):
+      gen.generate(CONFIG, params, prompt, **{"max_new_tokens": 2, **bad})
+  rows, state = gen.generate(CONFIG, params, prompt, max_new_tokens=0)
+  assert rows == [[]]
+  _, want = rwkv7.forward(CONFIG, params, jnp.asarray([prompt]))
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(want)):
+    assert rel_rms_err(a, b) < 1e-5

@@ -219,6 +219,23 @@ def test_loss_terms_add_up_across_micro_batches(params, items):
   np.testing.assert_allclose(correct / count, float(metrics["accuracy"]), rtol=1e-6)
 
 
+def test_negative_labels_are_ignored_and_out_of_vocabulary_labels_are_loud(params, items):
+  images, _, _ = items
+  rs = np.random.RandomState(6)
+  T = 10
+  labels = np.full((1, T), -100)
+  labels[0, 5:8] = rs.randint(0, 500, 3)
+  batch = {"tokens": rs.randint(1, 500, (1, T)), "labels": labels, "mask": np.ones((1, T), bool),
+           "image": images[:1, None], "image_pos": np.asarray([list(range(4)) + [-1] * 6])}
+  want = modrwkv.loss_terms(CONFIG, params, batch)
+  other = dict(batch, labels=np.where(labels == -100, -1, labels))  # another codebase's ignore value
+  got = modrwkv.loss_terms(CONFIG, params, other)
+  assert int(got[1]) == int(want[1]) == 3
+  np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
+  bad = dict(batch, labels=np.where(np.arange(T) == 6, RWKV.vocab_size, labels))
+  assert np.isnan(float(modrwkv.loss(CONFIG, params, bad)[0]))
+
+
 def test_gradients_reach_adapters_and_rwkv_but_not_frozen_encoders(params, items):
   images, mels, mel_mask = items
   batch = {"tokens": np.asarray([[0] * 4 + [5, 6, 7, 8]]), "labels": np.asarray([[-100] * 4 + [6, 7, 8, -100]]),

@@ -138,6 +138,32 @@ def test_padded_batch_with_mask_equals_separate_runs(h64, side):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("impl", ["chunked", "reference"])
+def test_padding_content_never_reaches_real_positions_or_the_state(h64, impl):
+  """Whatever a padding position holds (NaN, inf embeddings, an out-of-vocabulary id), real positions and
+  the returned state equal the run without it; an out-of-vocabulary id at a real position gives NaN
+  logits (jitted code cannot raise), never a silently wrapped-around embedding."""
+  cfg = h64.config.replace(wkv_impl=impl)
+  tokens = jnp.asarray(h64.tokens[:, :24])
+  emb = rwkv7.embed(cfg, h64.params, tokens)
+  mask = np.ones((1, 24), bool)
+  mask[0, [3, 10, 11, 23]] = False
+  clean_emb = emb[:, mask[0]]
+  want, want_state = forward(cfg, h64.params, embeddings=clean_emb)
+  dirty = emb.at[0, 3].set(jnp.nan).at[0, 10].set(jnp.inf).at[0, 11].set(-jnp.inf).at[0, 23].set(jnp.nan)
+  got, state = forward(cfg, h64.params, embeddings=dirty, mask=jnp.asarray(mask))
+  assert rel_rms_err(got[:, mask[0]], want) < 1e-5
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(want_state)):
+    assert np.isfinite(np.asarray(a)).all() and rel_rms_err(a, b) < 1e-5
+  ids = np.asarray(h64.tokens[:, :24]).copy()
+  ids[0, [3, 10]] = [cfg.vocab_size + 3, -1]  # out of range, at padding
+  got, _ = forward(cfg, h64.params, jnp.asarray(ids), mask=jnp.asarray(mask))
+  assert rel_rms_err(got[:, mask[0]], forward(cfg, h64.params, jnp.asarray(ids[:, mask[0]]))[0]) < 1e-5
+  ids[0, 5] = -1  # out of range at a real position: NaN (the chunked form may spread it over its chunk)
+  got, _ = forward(cfg, h64.params, jnp.asarray(ids), mask=jnp.asarray(mask))
+  assert np.isnan(np.asarray(got[0, 5:])).all()
+
+
 def test_embeddings_input_equals_tokens(h64):
   tokens = jnp.asarray(h64.tokens)
   by_tokens, _ = forward(h64.config, h64.params, tokens)

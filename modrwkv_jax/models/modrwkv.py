@@ -200,25 +200,29 @@ def forward(config: ModRWKVConfig, params: Mapping, batch: Mapping, state: rwkv7
 
 
 def loss_terms(config: ModRWKVConfig, params: Mapping, batch: Mapping):
-  """Summed cross-entropy over label positions (labels != −100) and their count: the terms that
-  gradient accumulation and multi-host averaging add up before dividing once.
+  """Summed cross-entropy over label positions and their count: the terms that gradient accumulation
+  and multi-host averaging add up before dividing once.
 
+  Labels: every negative label is ignored (−100 by our convention; other codebases' −1 too, so it is
+  never trained as a target); a label >= V makes its nll NaN (the loss is NaN, loudly: the data do not
+  belong to this vocabulary).
   Returns:
     (nll_sum float32[], n_tokens int32[], aux {"correct": int32[] argmax hits}).
   """
   logits, _ = forward(config, params, batch)
   labels = jnp.asarray(batch["labels"], jnp.int32)
-  valid = labels != IGNORE
+  valid = labels >= 0
   safe = jnp.where(valid, labels, 0)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+  nll = -jnp.take_along_axis(logp, jnp.minimum(safe, logp.shape[-1] - 1)[..., None], axis=-1)[..., 0]
+  nll = jnp.where(safe >= logp.shape[-1], jnp.nan, nll)
   nll_sum = jnp.where(valid, nll, 0.0).sum()
   correct = jnp.where(valid, jnp.argmax(logits, -1) == safe, False).sum().astype(jnp.int32)
   return nll_sum, valid.sum().astype(jnp.int32), {"correct": correct}
 
 
 def loss(config: ModRWKVConfig, params: Mapping, batch: Mapping):
-  """Token-mean cross-entropy over label positions: `loss_terms` sum / count.
+  """Token-mean cross-entropy over label positions (labels >= 0): `loss_terms` sum / count.
 
   Returns:
     (loss float32[], {"loss", "accuracy", "tokens"}) — with no label in the batch the loss is 0.

@@ -322,13 +322,16 @@ class TimeMix(nn.Module):
         v_first = jnp.where(first, v, v_first)
         v = jnp.where(first, v, mixed_v)
 
-    a_in, b_in, k_in, lw_in = -kk, kk * heads(alpha), heads(k), heads(log_w)
-    if mask is not None:  # padding: decay 1, no write, no removal -> the state passes unchanged
+    r_in, v_in, a_in, b_in, k_in, lw_in = heads(r), heads(v), -kk, kk * heads(alpha), heads(k), heads(log_w)
+    if mask is not None:
+      # Padding: decay 1, no write, no removal -> the state passes unchanged. Every input is zeroed (not
+      # only b, k, log_w): the chunked form multiplies padded rows into real ones (0 · NaN = NaN), so
+      # whatever a padding position holds (NaN, inf) must never reach a real position or the state.
       m = mask[:, :, None, None]
-      b_in, k_in, lw_in = jnp.where(m, b_in, 0), jnp.where(m, k_in, 0), jnp.where(m, lw_in, 0)
+      r_in, v_in, a_in, b_in, k_in, lw_in = (jnp.where(m, t, 0) for t in (r_in, v_in, a_in, b_in, k_in, lw_in))
     spec = ("batch", "length", "heads", "head_dim")
     r_in, v_in, a_in, b_in, k_in, lw_in = (nn.with_logical_constraint(t, spec) for t in (
-        heads(r), heads(v), a_in.astype(cd), b_in.astype(cd), k_in, lw_in))
+        r_in, v_in, a_in.astype(cd), b_in.astype(cd), k_in, lw_in))
     out, new_wkv = wkv7(r_in, lw_in, k_in, v_in, a_in, b_in, wkv_state, impl=cfg.wkv_impl,
                         chunk_size=cfg.wkv_chunk_size, partition=nn.logical_to_mesh_axes(spec))
     out = HeadGroupNorm(GN_EPS, const("ln_x"), layer, name="ln_x")(out)
@@ -434,8 +437,14 @@ class RWKV7(nn.Module):
                              kernel_init=_orthogonal(0.5), name="head")
 
   def embed(self, tokens):
-    """tokens: int[B, T] -> float[B, T, D] (before ln0)."""
-    return self.emb(tokens)
+    """tokens: int[B, T] -> float[B, T, D] (before ln0).
+
+    An id outside [0, V) embeds as NaN (jitted code cannot raise): its logits and any loss over them
+    are NaN, a loud failure instead of a silently wrapped-around row. Callers holding concrete ids
+    check them first (`check_tokens`: generate, score, the data pipeline)."""
+    valid = (tokens >= 0) & (tokens < self.config.vocab_size)
+    x = self.emb(jnp.where(valid, tokens, 0))
+    return jnp.where(valid[..., None], x, jnp.nan)
 
   def init_all(self, tokens, state):
     """Touches every submodule (for init): embeds tokens, then runs the model."""
@@ -452,6 +461,8 @@ class RWKV7(nn.Module):
       (logits float32[B, T, V] or hidden float32[B, T, D], new RWKV7State).
     """
     cfg = self.config
+    if mask is not None:  # what a padding position holds (a NaN, an out-of-vocabulary id) never matters
+      x = jnp.where(mask[..., None], x, 0)
     x = nn.with_logical_constraint(self.ln0(x.astype(cfg.compute_dtype)), ACT)
     indices = None if mask is None else shift_indices(mask)
     if cfg.scan_layers:
@@ -573,8 +584,10 @@ def forward(config: RWKV7Config, params: Mapping, tokens=None, state: RWKV7State
   Args:
     config: model sizes (static under jit: `jax.jit(forward, static_argnums=0)`).
     params: the nested param dict (`init_params`, `load_pth`, ...), in the layout of config.scan_layers.
-    tokens: int[B, T] token ids in [0, V) (checked by the callers that hold concrete ids: `check_tokens`),
-      or None when `embeddings` is given.
+    tokens: int[B, T] token ids in [0, V) (checked by the callers that hold concrete ids: `check_tokens`;
+      under jit an id outside the vocabulary gives NaN logits: from its position on, and with the
+      chunked WKV also earlier in its chunk), or None when
+      `embeddings` is given.
     state: RWKV7State with batch B, or None for the zero state (sequence start).
     embeddings: float[B, T, D] vectors fed in place of token embeddings (the multimodal path:
       modality tokens concatenated with `embed(config, params, text_tokens)`); they go through ln0.
