@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.resources
+import operator
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -77,6 +78,12 @@ class WorldTokenizer:
     self.vocab_size = max(self._id_to_bytes) + 1  # 65530: ids 0..65529
 
   def encode_bytes(self, data: bytes) -> list[int]:
+    """Token ids of a byte string (bytes, bytearray or memoryview); TypeError for anything else."""
+    if isinstance(data, memoryview):
+      data = data.tobytes()
+    if not isinstance(data, (bytes, bytearray)):
+      hint = "; use encode(text) for a str" if isinstance(data, str) else ""
+      raise TypeError(f"WorldTokenizer.encode_bytes takes bytes; got {type(data).__name__}{hint}")
     ids, pos, n, root = [], 0, len(data), self._root
     while pos < n:
       node, best_id, best_end, i = root, -1, pos, pos
@@ -93,12 +100,23 @@ class WorldTokenizer:
     return ids
 
   def encode(self, text: str) -> list[int]:
+    """Token ids of a str (encoded as UTF-8); TypeError for anything else."""
+    if not isinstance(text, str):
+      hint = "; use encode_bytes(data) for bytes" if isinstance(text, (bytes, bytearray, memoryview)) else ""
+      raise TypeError(f"WorldTokenizer.encode takes a str; got {type(text).__name__}{hint}")
     return self.encode_bytes(text.encode("utf-8"))
 
   def decode_bytes(self, ids: Iterable[int]) -> bytes:
+    """The bytes of token ids (an iterable of ints); TypeError for a str or bytes, which iterate as
+    characters / byte values rather than ids."""
+    if isinstance(ids, (str, bytes, bytearray, memoryview)):
+      raise TypeError(f"WorldTokenizer.decode takes token ids (a list or array of ints); got {type(ids).__name__}")
     out = []
     for i in ids:
-      i = int(i)
+      try:
+        i = operator.index(i)  # ints, numpy / jax integer scalars; not floats or strings
+      except TypeError:
+        raise TypeError(f"WorldTokenizer.decode: token id {i!r:.40} is a {type(i).__name__}; expected an int") from None
       if i == END_ID:
         continue
       token = self._id_to_bytes.get(i)
@@ -112,9 +130,13 @@ class WorldTokenizer:
     return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    if isinstance(texts, (str, bytes, bytearray)):  # would encode character by character
+      raise TypeError(f"WorldTokenizer.encode_batch takes a sequence of str; got one {type(texts).__name__}")
     return [self.encode(t) for t in texts]
 
   def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
+    if isinstance(batch, (str, bytes, bytearray)):
+      raise TypeError(f"WorldTokenizer.decode_batch takes a sequence of id sequences; got {type(batch).__name__}")
     return [self.decode(ids) for ids in batch]
 
   def id_to_bytes(self, idx: int) -> bytes:

@@ -1,9 +1,10 @@
 """Audio front end in numpy: decoding, mono mix-down, resampling to 16 kHz, Whisper log-mel features
 and WavLM (wav2vec2) input normalisation.
 
-Reading order: errors and checks, decoding (`read_audio`), resampling (`resample`), the Whisper
-log-mel front end (`WhisperFeatureConfig`, `mel_filter_bank`, `whisper_features`), the wav2vec2 /
-WavLM front end (`Wav2Vec2FeatureConfig`, `wav2vec2_inputs`).
+Reading order: errors and checks, decoding (`check_wav_complete`, `audio_info`, `read_audio`),
+resampling (`check_sampling_rate`, `resample`), the Whisper log-mel front end (`WhisperFeatureConfig`,
+`mel_filter_bank`, `whisper_features`), the wav2vec2 / WavLM front end (`Wav2Vec2FeatureConfig`,
+`wav2vec2_inputs`).
 
 Layouts are time-major like every encoder input in this project: Whisper features are
 float32[B, T, n_mels] (transformers' `WhisperFeatureExtractor` returns the transpose
@@ -36,11 +37,14 @@ of a 7.5 kHz tone through its transition band; ours measures <= 4e-6 relative er
 Cost: 2·64·max(up, down)+1 taps, e.g. ~350 multiply-adds per output sample from 44.1 kHz: ~0.12 s
 for a 30 s clip on one core, plus ~1 s once per new ratio to design its filter (cached).
 
-Bad input raises `AudioError` (a ValueError) naming the file or the sample: unreadable or empty
-files, NaN/inf samples, sample rates that are not positive integers or whose reduced ratio to
-16 kHz needs more than `MAX_RESAMPLE_FACTOR` phases, and clips longer than the encoder allows
-(Whisper: `chunk_length` = 30 s). For long clips `too_long="truncate"` keeps the first 30 s with a
-warning instead (what transformers does silently).
+Bad input raises `AudioError` (a ValueError) naming the file or the sample, with a `reason` the data
+pipeline counts skipped records under: unreadable or empty files ("corrupt_audio"), WAV files cut
+short, whose data chunk declares more bytes than the file holds (libsndfile would silently return
+the part that is there; "truncated_audio"), NaN/inf samples, sample rates that are not positive
+whole numbers or whose reduced ratio to 16 kHz needs more than `MAX_RESAMPLE_FACTOR` phases
+("bad_sampling_rate"), and clips longer than the encoder allows (Whisper: `chunk_length` = 30 s;
+"audio_too_long"). For long clips `too_long="truncate"` keeps the first 30 s with a warning instead
+(what transformers does silently).
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 import os
+import struct
 import warnings
 from collections.abc import Sequence
 
@@ -60,8 +66,21 @@ _KAISER_BETA = 10.0
 _ZERO_CROSSINGS = 64
 
 
+# What soundfile raises on a file it cannot read (LibsndfileError is a SoundFileError and a RuntimeError;
+# unknown formats give TypeError / ValueError).
+DECODE_ERRORS = (RuntimeError, TypeError, ValueError, OSError, EOFError)
+
+
 class AudioError(ValueError):
-  """Audio that cannot be used, with the file or sample it came from in the message."""
+  """Audio that cannot be used, with the file or sample it came from in the message; `reason` is the
+  pipeline's skip counter key."""
+
+  def __init__(self, message: str, reason: str = "corrupt_audio"):
+    super().__init__(message)
+    self.reason = reason
+
+  def __reduce__(self):  # survives the trip from a worker process
+    return AudioError, (str(self), self.reason)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,12 +111,75 @@ def check_waveform(x, name: str = "audio") -> np.ndarray:
 
 def to_mono(x, name: str = "audio") -> np.ndarray:
   """float[N] or float[N, channels] -> float32[N], the mean over channels."""
-  x = np.asarray(x)
+  try:
+    x = np.asarray(x)
+  except (TypeError, ValueError) as e:  # ragged lists
+    raise AudioError(f"{name}: not an array of samples ({e})") from None
+  if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+    raise AudioError(f"{name}: samples must be real numbers; got dtype {x.dtype}")
   if x.ndim == 2:
     x = x.astype(np.float64).mean(axis=1)
   elif x.ndim != 1:
     raise AudioError(f"{name}: expected float[N] or float[N, channels]; got shape {x.shape}")
   return x.astype(np.float32)
+
+
+_WAV_MAX_CHUNKS = 256  # chunks walked looking for "data" before leaving the file to libsndfile
+
+
+def check_wav_complete(path: str | os.PathLike) -> None:
+  """Raises AudioError "truncated_audio" when a RIFF/RIFX WAVE file's data chunk declares more bytes
+  than the file holds (a download or copy cut short): libsndfile then decodes the part that is there
+  without a word. Other formats, and streamed WAVs whose data size is unknown (0 or 0xFFFFFFFF), pass.
+  """
+  path = os.fspath(path)
+  try:
+    _check_wav_chunks(path)
+  except OSError as e:  # unreadable (permissions, a directory, gone since it was listed)
+    raise AudioError(f"{path}: cannot read the audio file ({type(e).__name__}: {e})") from e
+
+
+def _check_wav_chunks(path: str) -> None:
+  with open(path, "rb") as f:
+    head = f.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+      return
+    order = "<" if head[:4] == b"RIFF" else ">"
+    size, pos = os.fstat(f.fileno()).st_size, 12
+    for _ in range(_WAV_MAX_CHUNKS):
+      f.seek(pos)
+      chunk = f.read(8)
+      if len(chunk) < 8:
+        return
+      declared = struct.unpack(order + "I", chunk[4:])[0]
+      if chunk[:4] == b"data":
+        available = size - pos - 8
+        if declared not in (0, 0xFFFFFFFF) and declared > available:
+          raise AudioError(f"{path}: truncated WAV file: its data chunk declares {declared:,} bytes but only "
+                           f"{available:,} follow ({100 * available / declared:.0f} %); the file was cut "
+                           "short, re-download or re-encode it", "truncated_audio")
+        return
+      pos += 8 + declared + (declared & 1)
+
+
+def audio_info(path: str | os.PathLike) -> tuple[int, int]:
+  """(frames, sampling rate) of an audio file from its header, checked like `read_audio` checks the
+  decoded file: AudioError for a missing, unreadable, truncated (WAV) or empty file or a bad rate."""
+  import soundfile as sf
+
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise AudioError(f"{path}: no such audio file")
+  check_wav_complete(path)
+  try:
+    info = sf.info(path)
+  except DECODE_ERRORS as e:
+    raise AudioError(f"{path}: cannot decode audio ({type(e).__name__}: {e}); expected a WAV, FLAC or "
+                     "OGG file readable by libsndfile") from e
+  rate = check_sampling_rate(info.samplerate, path, "the file's")
+  if info.frames <= 0:
+    raise AudioError(f"{path}: the audio file is empty (0 frames)")
+  return int(info.frames), rate
 
 
 def read_audio(path: str | os.PathLike, sampling_rate: int = SAMPLE_RATE, *,
@@ -108,7 +190,8 @@ def read_audio(path: str | os.PathLike, sampling_rate: int = SAMPLE_RATE, *,
   Args:
     path: the audio file.
     sampling_rate: the rate of the returned waveform (16 kHz for Whisper and WavLM).
-    max_seconds: if given, longer files raise AudioError (checked before resampling).
+    max_seconds: if given, longer files raise AudioError "audio_too_long" (checked on the header,
+      before decoding, and again on the decoded frames).
   Returns:
     float32[N] in [-1, 1] (for integer PCM files) at `sampling_rate`.
   """
@@ -117,15 +200,23 @@ def read_audio(path: str | os.PathLike, sampling_rate: int = SAMPLE_RATE, *,
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise AudioError(f"{path}: no such audio file")
+  if max_seconds is None:
+    check_wav_complete(path)
+  else:  # an hour-long file is refused without decoding it
+    frames, rate = audio_info(path)
+    if frames > max_seconds * rate:
+      raise AudioError(f"{path}: {frames / rate:.2f} s long; at most {max_seconds:g} s allowed", "audio_too_long")
   try:
     data, rate = sf.read(path, dtype="float32", always_2d=True)
-  except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError by format
+  except DECODE_ERRORS as e:
     raise AudioError(f"{path}: cannot decode audio ({type(e).__name__}: {e}); expected a WAV, FLAC or "
                      "OGG file readable by libsndfile") from e
+  rate = check_sampling_rate(rate, path, "the file's")
   if data.shape[0] == 0:
     raise AudioError(f"{path}: the audio file is empty (0 frames)")
   if max_seconds is not None and data.shape[0] > max_seconds * rate:
-    raise AudioError(f"{path}: {data.shape[0] / rate:.2f} s long; at most {max_seconds} s allowed")
+    raise AudioError(f"{path}: {data.shape[0] / rate:.2f} s long; at most {max_seconds:g} s allowed",
+                     "audio_too_long")
   x = check_waveform(to_mono(data, path), path)
   return resample(x, rate, sampling_rate, name=path)
 
@@ -134,14 +225,16 @@ def read_audio(path: str | os.PathLike, sampling_rate: int = SAMPLE_RATE, *,
 # Resampling.
 
 
-def _as_rate(rate, name: str, what: str) -> int:
-  try:
-    ok = float(rate) == int(rate) and int(rate) > 0
-  except (TypeError, ValueError, OverflowError):
-    ok = False
+def check_sampling_rate(rate, name: str = "audio", what: str = "the") -> int:
+  """`rate` as a positive int of Hz; AudioError "bad_sampling_rate" for 0, negatives, fractions, NaN/inf,
+  strings and booleans."""
+  if isinstance(rate, np.ndarray) and rate.ndim == 0:
+    rate = rate.item()
+  ok = isinstance(rate, numbers.Real) and not isinstance(rate, bool) and math.isfinite(rate)
+  ok = ok and rate == int(rate) and int(rate) > 0
   if not ok:
     raise AudioError(f"{name}: {what} sample rate {rate!r} is not a positive whole number of Hz; "
-                     "cannot resample it")
+                     "cannot resample it", "bad_sampling_rate")
   return int(rate)
 
 
@@ -159,8 +252,8 @@ def resample(x, orig_rate, target_rate=SAMPLE_RATE, *, name: str = "audio") -> n
   Exact rational ratio (gcd-reduced); see the module docstring for the filter and its accuracy.
   Returns float32 with ceil(N · target / orig) samples; the input itself when the rates are equal.
   """
-  orig = _as_rate(orig_rate, name, "source")
-  target = _as_rate(target_rate, name, "target")
+  orig = check_sampling_rate(orig_rate, name, "source")
+  target = check_sampling_rate(target_rate, name, "target")
   x = np.asarray(x, np.float32)
   if orig == target:
     return x
@@ -169,7 +262,7 @@ def resample(x, orig_rate, target_rate=SAMPLE_RATE, *, name: str = "audio") -> n
   if max(up, down) > MAX_RESAMPLE_FACTOR:
     raise AudioError(f"{name}: cannot resample {orig} Hz -> {target} Hz: the reduced ratio {up}/{down} "
                      f"needs more than {MAX_RESAMPLE_FACTOR} polyphase branches; convert the file to a "
-                     "standard rate (8, 16, 22.05, 24, 32, 44.1 or 48 kHz) first")
+                     "standard rate (8, 16, 22.05, 24, 32, 44.1 or 48 kHz) first", "bad_sampling_rate")
   from scipy import signal
   y = signal.resample_poly(x.astype(np.float64), up, down, axis=0, window=_resample_filter(up, down))
   return y.astype(np.float32)
@@ -279,7 +372,7 @@ def _clip_lengths(waveforms, max_samples: int | None, too_long: str, rate: int, 
       message = (f"{name}: {x.shape[0] / rate:.2f} s long ({x.shape[0]} samples at {rate} Hz); the encoder "
                  f"takes at most {max_samples / rate:g} s")
       if too_long == "error":
-        raise AudioError(message + "; split the clip or pass too_long='truncate'")
+        raise AudioError(message + "; split the clip or pass too_long='truncate'", "audio_too_long")
       warnings.warn(message + f"; keeping the first {max_samples / rate:g} s", stacklevel=3)
       x = x[:max_samples]
     out.append(x)

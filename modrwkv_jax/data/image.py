@@ -18,16 +18,33 @@ Outputs are channels-last: float32[H, W, 3] per image (HF gives [3, H, W]), the 
 
 Differences from HF, on purpose: every image is converted to RGB, also for SigLIP2 whose HF processor
 leaves `do_convert_rgb` unset and then fails on grayscale / RGBA / palette images (HF's result with
-`do_convert_rgb=True` is what we return). 16-bit and 32-bit images ("I;16", "I", "F") follow HF by
+`do_convert_rgb=True` is what we return). 16-bit and 32-bit integer images ("I;16", "I") follow HF by
 default: PIL's conversion saturates values above 255 (`high_bit_depth="clip"`); "scale" maps
-0..65535 to 0..255 instead and "error" refuses them.
+0..65535 to 0..255 (÷257; "I" samples outside 0..65535 are refused) and "error" refuses them.
+Float images (mode "F", e.g. a float TIFF) never go through PIL's conversion, which rounds samples in
+[0, 1] to 0 or 1 (an all-black image, all −1 after normalisation): under "clip" and "scale" samples in
+[0, 1] become round(255·x); a float image with samples outside [0, 1] or NaN/inf is refused.
+
+Untrusted files (every limit raises `ImageError`, a ValueError naming the image, with a `reason` the
+data pipeline counts skipped records under):
+  * decoding: `open_image` reads only the header and refuses more than `max_pixels` pixels
+    (`MAX_IMAGE_PIXELS` = 8192² ≈ 67 Mpx, 192 MiB as RGB uint8) before any pixel is decoded; PIL's own
+    decompression-bomb check (`PIL.Image.MAX_IMAGE_PIXELS`) and every decoder error (truncated or
+    corrupt files, bad headers) become an ImageError too ("image_too_large", "corrupt_image");
+  * resizing: a "shortest_edge" resize keeps the aspect ratio, so a 1×20000 image would become
+    224×4,480,000. Images whose long side exceeds `max_aspect_ratio` (`MAX_ASPECT_RATIO` = 200, the
+    bound of Qwen2-VL's processor) times their short side are refused there ("bad_aspect_ratio"), and
+    every resize target must hold at least one and at most `max_pixels` pixels ("image_too_large").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -45,6 +62,25 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
+MAX_IMAGE_PIXELS = 8192 * 8192  # most pixels of a decoded image or a resize target (192 MiB as RGB uint8)
+MAX_ASPECT_RATIO = 200.0  # most long side / short side for a shortest-edge resize (Qwen2-VL's bound)
+
+# What PIL's decoders raise on a bad file: UnidentifiedImageError and "image file is truncated" are
+# OSErrors; plugins also leak SyntaxError (bad headers), EOFError, struct.error and zlib.error.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+BOMB_ERRORS = (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning)
+
+
+class ImageError(ValueError):
+  """An image that cannot be used, named in the message; `reason` is the pipeline's skip counter key."""
+
+  def __init__(self, message: str, reason: str = "corrupt_image"):
+    super().__init__(message)
+    self.reason = reason
+
+  def __reduce__(self):  # survives the trip from a worker process
+    return ImageError, (str(self), self.reason)
+
 
 @dataclasses.dataclass(frozen=True)
 class ImageProcessorConfig:
@@ -54,6 +90,8 @@ class ImageProcessorConfig:
   size: {"height": h, "width": w} or {"shortest_edge": s} [+ "longest_edge"], HF's size dict (stored
     as its items so the config stays hashable; see `size_dict`).
   crop_size: (height, width) of the centre crop (CLIP); a {"height", "width"} dict is accepted.
+  high_bit_depth: "clip" | "scale" | "error", how 16/32-bit and float images become 8-bit (module docstring).
+  max_pixels, max_aspect_ratio: limits for untrusted files (module docstring); not HF fields.
   """
   kind: str
   do_resize: bool = True
@@ -69,6 +107,8 @@ class ImageProcessorConfig:
   patch_size: int = 16
   max_num_patches: int = 256
   high_bit_depth: str = "clip"
+  max_pixels: int = MAX_IMAGE_PIXELS
+  max_aspect_ratio: float = MAX_ASPECT_RATIO
 
   def __post_init__(self):
     if isinstance(self.size, Mapping):  # accept HF's dict form, store hashable items
@@ -88,6 +128,9 @@ class ImageProcessorConfig:
                        "need 3 values (RGB)")
     if self.do_center_crop and self.crop_size is None:
       raise ValueError("ImageProcessorConfig: do_center_crop needs crop_size (height, width)")
+    if not (isinstance(self.max_pixels, int) and self.max_pixels > 0 and self.max_aspect_ratio >= 1):
+      raise ValueError(f"ImageProcessorConfig: max_pixels={self.max_pixels!r} must be a positive int and "
+                       f"max_aspect_ratio={self.max_aspect_ratio!r} at least 1")
 
   @property
   def size_dict(self) -> dict[str, int]:
@@ -181,36 +224,79 @@ def default_config(kind: str, **overrides) -> ImageProcessorConfig:
 # Decoding and RGB conversion.
 
 
-def load_image(path: str | os.PathLike) -> PIL.Image.Image:
-  """Opens and fully decodes an image file, applying its EXIF orientation (as HF `load_image` does).
+def open_image(file, *, source: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> PIL.Image.Image:
+  """Opens an image (a path or encoded bytes) reading only its header, and checks its pixel count.
 
-  The mode is kept (RGB conversion happens in `to_rgb`). A missing, unreadable or truncated file raises
-  a ValueError naming the file.
+  Returns a lazy PIL image (call `.load()` or use `load_image`; close it when done). Raises
+  FileNotFoundError for a missing path and ImageError for anything else: not an image, a corrupt
+  header, or more than `max_pixels` pixels (reason "image_too_large", before a pixel is decoded).
   """
-  path = os.fspath(path)
+  if isinstance(file, (bytes, bytearray, memoryview)):
+    fp, source = io.BytesIO(bytes(file)), source or "image bytes"
+  else:
+    fp = os.fspath(file)
+    source = source or fp
   try:
-    with PIL.Image.open(path) as image:
-      image.load()
-      return PIL.ImageOps.exif_transpose(image)
+    image = PIL.Image.open(fp)
   except FileNotFoundError:
     raise
   except PIL.UnidentifiedImageError as e:
-    raise ValueError(f"{path}: not an image file PIL can read ({e})") from e
-  except (OSError, SyntaxError, ValueError) as e:
-    raise ValueError(f"{path}: truncated or corrupt image file ({e})") from e
+    raise ImageError(f"{source}: not an image file PIL can read ({e})") from e
+  except BOMB_ERRORS as e:  # PIL's own check of the header size (PIL.Image.MAX_IMAGE_PIXELS)
+    raise ImageError(f"{source}: refused as a decompression bomb ({e})", "image_too_large") from e
+  except DECODE_ERRORS as e:
+    raise ImageError(f"{source}: truncated or corrupt image file ({type(e).__name__}: {e})") from e
+  width, height = image.size
+  if width <= 0 or height <= 0 or width * height > max_pixels:
+    image.close()
+    raise ImageError(f"{source}: the header gives {width}×{height} = {width * height:,} pixels; at most "
+                     f"{max_pixels:,} are decoded (max_pixels); shrink the image first", "image_too_large")
+  return image
+
+
+def load_image(file, *, source: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> PIL.Image.Image:
+  """Opens and fully decodes an image (a path or encoded bytes), applying its EXIF orientation (as HF
+  `load_image` does).
+
+  The mode is kept (RGB conversion happens in `to_rgb`). A missing file raises FileNotFoundError; an
+  unreadable, truncated or too large one (`open_image`) raises an ImageError naming the file.
+  """
+  image = open_image(file, source=source, max_pixels=max_pixels)
+  source = source or (os.fspath(file) if isinstance(file, (str, os.PathLike)) else "image bytes")
+  try:
+    with image:
+      image.load()
+      return PIL.ImageOps.exif_transpose(image)
+  except BOMB_ERRORS as e:
+    raise ImageError(f"{source}: refused as a decompression bomb ({e})", "image_too_large") from e
+  except DECODE_ERRORS as e:
+    raise ImageError(f"{source}: truncated or corrupt image file ({type(e).__name__}: {e})") from e
 
 
 def _from_high_bit_depth(image: PIL.Image.Image, policy: str, source: str) -> PIL.Image.Image:
+  if policy == "error":
+    raise ImageError(f"{source}: image mode {image.mode!r} has more than 8 bits per sample; convert it to 8-bit "
+                     "first or pass high_bit_depth='clip' (HF behaviour: saturate at 255) or 'scale' (÷257)",
+                     "unsupported_image_mode")
+  if image.mode == "F":  # floats: [0, 1] -> round(255·x) under "clip" and "scale"; anything else is refused
+    x = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(x).all():
+      raise ImageError(f"{source}: float image (mode 'F') has {int((~np.isfinite(x)).sum())} NaN/inf samples",
+                       "unsupported_image_mode")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+      raise ImageError(f"{source}: float image (mode 'F') has samples in [{lo:g}, {hi:g}]; only floats in "
+                       "[0, 1] are read (as round(255·x)); convert it to 8-bit first", "unsupported_image_mode")
+    return PIL.Image.fromarray(np.round(x * 255).astype(np.uint8))
   if policy == "clip":
     return image  # PIL's own conversion below saturates above 255, like HF
-  if policy == "error":
-    raise ValueError(f"{source}: image mode {image.mode!r} has more than 8 bits per sample; convert it to 8-bit "
-                     "first or pass high_bit_depth='clip' (HF behaviour: saturate at 255) or 'scale' (÷257)")
-  if image.mode == "F":
-    raise ValueError(f"{source}: image mode 'F' (float samples) has no fixed range to scale from; convert it "
-                     "to 8-bit first or pass high_bit_depth='clip'")
   x = np.asarray(image, dtype=np.float64)
-  return PIL.Image.fromarray(np.clip(np.round(x / 257.0), 0, 255).astype(np.uint8), mode="L")
+  lo, hi = float(x.min()), float(x.max())
+  if lo < 0 or hi > 65535:
+    raise ImageError(f"{source}: image mode {image.mode!r} has samples in [{lo:g}, {hi:g}]; "
+                     "high_bit_depth='scale' maps 0..65535 to 0..255; convert it to 8-bit first",
+                     "unsupported_image_mode")
+  return PIL.Image.fromarray(np.clip(np.round(x / 257.0), 0, 255).astype(np.uint8))
 
 
 def to_rgb(image, high_bit_depth: str = "clip", source: str = "image") -> np.ndarray:
@@ -222,22 +308,29 @@ def to_rgb(image, high_bit_depth: str = "clip", source: str = "image") -> np.nda
     source: how errors name the image (its file).
   """
   if isinstance(image, PIL.Image.Image):
-    if image.mode in HIGH_BIT_DEPTH_MODES:
-      image = _from_high_bit_depth(image, high_bit_depth, source)
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-      rgba = image.convert("RGBA")
-      white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-      return np.array(PIL.Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.array(image.convert("RGB"))
+    try:
+      if image.mode in HIGH_BIT_DEPTH_MODES:
+        image = _from_high_bit_depth(image, high_bit_depth, source)
+      if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.array(PIL.Image.alpha_composite(white, rgba).convert("RGB"))
+      return np.array(image.convert("RGB"))
+    except ImageError:
+      raise
+    except BOMB_ERRORS as e:
+      raise ImageError(f"{source}: refused as a decompression bomb ({e})", "image_too_large") from e
+    except DECODE_ERRORS as e:  # a lazily opened image decodes here; some modes have no RGB conversion
+      raise ImageError(f"{source}: cannot convert the {image.mode!r} image to RGB ({type(e).__name__}: {e})") from e
   x = np.asarray(image)
   if x.dtype != np.uint8:
-    raise ValueError(f"{source}: image array has dtype {x.dtype}; expected uint8 [H, W(, C)] "
-                     "(or pass a PIL image)")
+    raise ImageError(f"{source}: image array has dtype {x.dtype}; expected uint8 [H, W(, C)] "
+                     "(or pass a PIL image)", "bad_image")
   if x.ndim == 2:
     x = x[..., None]
   if x.ndim != 3 or x.shape[-1] not in (1, 3, 4) or min(x.shape[:2]) == 0:
-    raise ValueError(f"{source}: image array has shape {x.shape}; expected channels-last [H, W], [H, W, 1], "
-                     "[H, W, 3] or [H, W, 4]")
+    raise ImageError(f"{source}: image array has shape {x.shape}; expected channels-last [H, W], [H, W, 1], "
+                     "[H, W, 3] or [H, W, 4]", "bad_image")
   if x.shape[-1] == 1:
     return np.repeat(x, 3, axis=-1)
   if x.shape[-1] == 4:  # HF's numpy path: round(alpha·rgb + (1 − alpha)·255)
@@ -333,6 +426,32 @@ class NaFlexPatches:
   spatial_shape: tuple[int, int]
 
 
+def _check_pixels(height: int, width: int, config: ImageProcessorConfig, source: str, what: str) -> None:
+  if height < 1 or width < 1 or height * width > config.max_pixels:
+    raise ImageError(f"{source}: {what} {width}×{height} = {width * height:,} pixels; at least 1 and at most "
+                     f"{config.max_pixels:,} are allowed (max_pixels)", "image_too_large")
+
+
+def resize_target(height: int, width: int, config: ImageProcessorConfig, source: str = "image") -> tuple[int, int]:
+  """`resize_output_size` for a SigLIP / CLIP processor, bounded for untrusted images.
+
+  A "shortest_edge" resize keeps the aspect ratio, so the long side grows with it (1×20000 at
+  shortest_edge 224 gives 224×4,480,000): a long side more than `config.max_aspect_ratio` times the
+  short side raises ImageError "bad_aspect_ratio", and any target outside 1..`config.max_pixels` pixels
+  raises ImageError "image_too_large".
+  """
+  size = config.size_dict
+  long, short = max(height, width), min(height, width)
+  if "shortest_edge" in size and long > config.max_aspect_ratio * short:
+    raise ImageError(f"{source}: a {width}×{height} image has an aspect ratio of {long / max(short, 1):.0f}:1, more "
+                     f"than max_aspect_ratio={config.max_aspect_ratio:g}; its shortest_edge={size['shortest_edge']} "
+                     "resize would stretch the long side out of bounds; crop or pad the image first",
+                     "bad_aspect_ratio")
+  h, w = resize_output_size(height, width, size)
+  _check_pixels(h, w, config, source, f"resizing {width}×{height} to {size} gives")
+  return h, w
+
+
 def preprocess(image, config: ImageProcessorConfig, source: str = "image"):
   """One image through the processor.
 
@@ -343,19 +462,25 @@ def preprocess(image, config: ImageProcessorConfig, source: str = "image"):
     source: how errors name the image.
   Returns:
     float32[H', W', 3] for "siglip" / "clip"; NaFlexPatches for "siglip2".
+  Raises:
+    ImageError (a ValueError with a `reason`) for an image that cannot be used: unreadable, too many
+    pixels, an extreme aspect ratio for a shortest-edge resize, an unsupported mode (module docstring).
   """
   if isinstance(image, (str, os.PathLike)):
     source = os.fspath(image)
-    image = load_image(image)
+    image = load_image(image, max_pixels=config.max_pixels)
+  if isinstance(image, PIL.Image.Image):
+    _check_pixels(image.height, image.width, config, source, "the image has")
   x = to_rgb(image, config.high_bit_depth, source)
   H, W = x.shape[:2]
+  _check_pixels(H, W, config, source, "the image has")
   if config.kind == "siglip2":
     p = config.patch_size
     if config.do_resize:
       x = resize(x, *naflex_size(H, W, p, config.max_num_patches), config.resample)
     elif H % p or W % p or (H // p) * (W // p) > config.max_num_patches:
-      raise ValueError(f"{source}: image of {H}×{W} pixels does not cut into at most {config.max_num_patches} "
-                       f"{p}×{p} patches; enable do_resize")
+      raise ImageError(f"{source}: image of {H}×{W} pixels does not cut into at most {config.max_num_patches} "
+                       f"{p}×{p} patches; enable do_resize", "bad_image_size")
     x = _rescale_normalize(x, config)
     rows, cols = x.shape[0] // p, x.shape[1] // p
     patches = x.reshape(rows, p, cols, p, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, p * p * 3)
@@ -364,7 +489,7 @@ def preprocess(image, config: ImageProcessorConfig, source: str = "image"):
     values[:rows * cols] = patches
     return NaFlexPatches(values, np.arange(n) < rows * cols, (rows, cols))
   if config.do_resize:
-    x = resize(x, *resize_output_size(H, W, config.size_dict), config.resample)
+    x = resize(x, *resize_target(H, W, config, source), config.resample)
   if config.do_center_crop:
     x = center_crop(x, *config.crop_size)
   return _rescale_normalize(x, config)

@@ -42,7 +42,17 @@ Batch schema (numpy; B = batch_size, T = padded length, a multiple of pad_multip
          False for items without a target)
 
 Bad records: on_error="raise" raises sources.RecordError (file, record id, field); "skip" turns the
-record into an empty row and counts it by reason in `pipeline.stats` — never a silent drop.
+record into an empty row and counts it by reason in `pipeline.stats` — never a silent drop. Every
+per-record failure is a RecordError, raised where it happens, with one of these reasons:
+  manifest / record: bad_json, bad_field, missing_field, path_outside_root (a media path that leaves the
+    data root, see data/sources.py), empty_conversation and the other conversation reasons,
+    modality_disabled, too_many_items, too_long;
+  images: missing_image, corrupt_image (unreadable, truncated), image_too_large (header over max_pixels,
+    PIL decompression bombs, resize targets over max_pixels), bad_aspect_ratio (shortest-edge resize of
+    an extreme aspect ratio), unsupported_image_mode (float images outside [0, 1], ...), bad_image;
+  audio: missing_audio, corrupt_audio, truncated_audio (a WAV cut short), bad_sampling_rate,
+    audio_too_long;
+  series: corrupt_series, bad_series_shape, nan_in_series; any modality: empty_item.
 """
 
 from __future__ import annotations

@@ -16,6 +16,16 @@ Media are decoded later, by the transforms (data/transforms.py), inside the pipe
 A malformed record raises `RecordError`, which names the file, the record id and the field; the
 pipeline either raises it or skips the record and counts `reason` (its `on_error`).
 
+Media paths and the data root: a record's "image" / "audio" / "series" paths are relative to the
+source's `root` (default: the manifest's folder). By default (`allow_outside_root=False`) a path that
+leaves the root — "../../etc/passwd", an absolute path elsewhere, or a symlink inside the root that
+points outside it (symlinks are resolved with os.path.realpath) — is a bad record (reason
+"path_outside_root"): a manifest from elsewhere cannot make the loader read arbitrary files.
+`allow_outside_root=True` (a source keyword, e.g. `SourceConfig(..., options={"allow_outside_root":
+True})`) accepts any path, for manifests that point into a shared media store.
+
+Manifests are UTF-8, with or without a byte-order mark (read as "utf-8-sig").
+
 File formats (one example each in README "Data formats"):
   * LLaVA: a JSON list or JSONL of {"id", "image": relative path or list, "conversations": [...]};
     text-only records omit "image"; "audio" / "series" keys (paths) are read the same way.
@@ -88,8 +98,25 @@ def _as_list(value, source, record_id, field) -> list:
                     "bad_field")
 
 
-def _resolve(root: str, path: str) -> str:
-  return path if os.path.isabs(path) else os.path.join(root, path)
+def _resolve(root: str, path: str, *, real_root: str | None, source: str, record_id, field: str) -> str:
+  """`path` joined to `root`. With `real_root` (the root with symlinks resolved): RecordError
+  "path_outside_root" if the path resolves (symlinks followed) outside it (module docstring)."""
+  full = path if os.path.isabs(path) else os.path.join(root, path)
+  if real_root is None:
+    return full
+  try:
+    real = os.path.realpath(full)
+    inside = os.path.commonpath([real_root, real]) == real_root
+  except (ValueError, OSError) as e:  # NUL bytes, symlink loops
+    raise RecordError(source, record_id, field, f"path {path!r:.200} cannot be resolved ({e})", "bad_field") from None
+  if not inside:
+    raise RecordError(source, record_id, field, f"path {path!r:.200} resolves to {real!r:.200}, outside the data "
+                      f"root {real_root!r}; move the file under the root, or pass allow_outside_root=True to the "
+                      "source if the manifest is trusted", "path_outside_root")
+  return full
+
+
+_BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some editors write at the start of a file
 
 
 class _JsonRecords:
@@ -100,14 +127,16 @@ class _JsonRecords:
     if not os.path.isfile(self.path):
       raise FileNotFoundError(f"{self.path}: no such file")
     with open(self.path, "rb") as f:
-      head = f.read(4096).lstrip()
+      head = f.read(4096).removeprefix(_BOM).lstrip()
     self._items, self._offsets = None, None
     if head.startswith(b"["):
-      with open(self.path, encoding="utf-8") as f:
+      with open(self.path, encoding="utf-8-sig") as f:
         try:
           items = json.load(f)
         except json.JSONDecodeError as e:
           raise ValueError(f"{self.path}: not valid JSON ({e}); expected a JSON list of records or JSONL") from e
+        except UnicodeDecodeError as e:
+          raise ValueError(f"{self.path}: not UTF-8 text ({e}); save the manifest as UTF-8") from e
       if not isinstance(items, list):
         raise ValueError(f"{self.path}: the JSON top level is a {type(items).__name__}; expected a list of records")
       self._items = items
@@ -115,7 +144,7 @@ class _JsonRecords:
       offsets, pos = [], 0
       with open(self.path, "rb") as f:
         for line in f:
-          if line.strip():
+          if line.removeprefix(_BOM).strip():
             offsets.append(pos)
           pos += len(line)
       self._offsets = np.asarray(offsets, np.int64)
@@ -133,7 +162,9 @@ class _JsonRecords:
         line = f.readline()
       where = f"line at byte {int(self._offsets[index])}"
       try:
-        item = json.loads(line)
+        item = json.loads(line.decode("utf-8-sig"))  # -sig: the first line may start with a byte-order mark
+      except UnicodeDecodeError as e:
+        raise RecordError(self.path, f"#{index}", "<json>", f"{where}: not UTF-8 text ({e})", "bad_json") from None
       except json.JSONDecodeError as e:
         raise RecordError(self.path, f"#{index}", "<json>", f"{where}: not valid JSON ({e})", "bad_json") from None
     if not isinstance(item, dict):
@@ -143,12 +174,20 @@ class _JsonRecords:
 
 
 class _JsonSource:
-  """A JSON / JSONL file of records with media paths relative to `root` (default: the file's folder)."""
+  """A JSON / JSONL file of records with media paths relative to `root` (default: the file's folder);
+  paths outside the root are bad records unless `allow_outside_root` (module docstring)."""
 
-  def __init__(self, path: str | os.PathLike, *, root: str | os.PathLike | None = None):
+  def __init__(self, path: str | os.PathLike, *, root: str | os.PathLike | None = None,
+               allow_outside_root: bool = False):
     self._records = _JsonRecords(path)
     self.path = self._records.path
     self.root = os.fspath(root) if root is not None else os.path.dirname(os.path.abspath(self.path))
+    self.allow_outside_root = bool(allow_outside_root)
+    self._real_root = None if self.allow_outside_root else os.path.realpath(self.root)
+
+  def _media_path(self, path: str, record_id, field: str) -> str:
+    return _resolve(self.root, path, real_root=self._real_root, source=self.path, record_id=record_id,
+                    field=field)
 
   def __len__(self) -> int:
     return len(self._records)
@@ -163,12 +202,14 @@ class LlavaSource(_JsonSource):
   Args:
     path: the .json / .jsonl file.
     root: folder the "image" / "audio" / "series" paths are relative to (default: the file's folder).
+    allow_outside_root: accept paths that resolve outside `root` (default False: reason "path_outside_root").
   """
 
   def __getitem__(self, index: int) -> dict:
     raw = self._records.get(index)
     rid = raw.get("id", f"#{index}")
-    media = {f: [_resolve(self.root, p) for p in _as_list(raw.get(f), self.path, rid, f)] for f in MEDIA_FIELDS}
+    media = {f: [self._media_path(p, rid, f"{f}[{k}]") for k, p in enumerate(_as_list(raw.get(f), self.path, rid, f))]
+             for f in MEDIA_FIELDS}
     if "conversations" not in raw:
       raise RecordError(self.path, rid, "conversations", "missing", "empty_conversation")
     if not isinstance(raw["conversations"], list):
@@ -202,7 +243,8 @@ class AudioManifestSource(_JsonSource):
       raise RecordError(self.path, rid, "question", f"expected a string; got {question!r:.80}", "bad_field")
     turns = ([{"from": "human", "value": question}] if question else []) + [{"from": "gpt", "value": text}]
     preamble = "" if question and "<audio>" in question else "<audio>"
-    return make_record(self.path, rid, index, turns, preamble=preamble, audio=[_resolve(self.root, audio[0])])
+    return make_record(self.path, rid, index, turns, preamble=preamble,
+                       audio=[self._media_path(audio[0], rid, "audio[0]")])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,6 +406,11 @@ def _text(v) -> str:
   return str(v)
 
 
+def _scalar(v):
+  """A one-element numpy value as a Python number (other values as they are, checked downstream)."""
+  return v.item() if isinstance(v, (np.ndarray, np.generic)) and v.size == 1 else v
+
+
 def tfds_record(example: Mapping, *, source: str, index: int) -> dict:
   """Default TFDS example -> record mapping.
 
@@ -383,7 +430,8 @@ def tfds_record(example: Mapping, *, source: str, index: int) -> dict:
     raise RecordError(source, rid, "conversations", "the example has neither 'conversations' nor "
                       "'question' + 'answer'; pass to_record= to map its features", "missing_field")
   image = [example["image"]] if "image" in example else []
-  audio = ([{"array": np.asarray(example["audio"], np.float32), "sampling_rate": int(example["sampling_rate"])}]
+  # The rate is checked when the clip is decoded (transforms): a bad one is then a counted bad record.
+  audio = ([{"array": example["audio"], "sampling_rate": _scalar(example["sampling_rate"])}]
            if "audio" in example else [])
   series = [np.asarray(example["series"], np.float32)] if "series" in example else []
   target = [np.asarray(example["target"], np.float32)] if "target" in example else None

@@ -11,19 +11,23 @@ image (SigLIP2 NaFlex: real patches · p²), the number of 16 kHz samples of a c
 of a series window. The model turns it into a token count (encoder length -> compressor -> adapter).
 
 Every failure of a record raises sources.RecordError (file, record id, field, reason); the pipeline
-raises or skips it according to its `on_error`.
+raises or skips it according to its `on_error`. The decoders turn their library errors into named
+ones where they happen (data/image.py `ImageError`, data/audio.py `AudioError`, the series readers'
+`SERIES_READ_ERRORS`), each with the reason it is counted under; the header-only pass that measures
+lengths for bucketing (`record_length`) goes through the same checks, so no bad file can stop a run
+there either.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-import io
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 
 from modrwkv_jax.data import audio as audio_lib
 from modrwkv_jax.data import image as image_lib
@@ -131,22 +135,24 @@ class Prepared:
   truncated: bool = False
 
 
-def _open_image(item, sizes_only: bool):
-  """A PIL image (header only when sizes_only) or a uint8 array."""
-  if isinstance(item, (str, os.PathLike)):
-    if sizes_only:
-      with PIL.Image.open(item) as img:  # reads the header only
-        return np.empty((img.size[1], img.size[0], 0), np.uint8)
-    return image_lib.load_image(item)
-  if isinstance(item, (bytes, bytearray)):
-    img = PIL.Image.open(io.BytesIO(item))
-    if not sizes_only:
-      img.load()
-      img = PIL.ImageOps.exif_transpose(img)
-    return img
+def _image_size(item, processor: image_lib.ImageProcessorConfig, name: str) -> tuple[int, int]:
+  """(height, width) of an image item from its header only; ImageError if it cannot be used."""
+  if isinstance(item, (str, os.PathLike, bytes, bytearray)):
+    with image_lib.open_image(item, source=name, max_pixels=processor.max_pixels) as img:
+      return img.size[1], img.size[0]
   if isinstance(item, PIL.Image.Image):
-    return item
-  return np.asarray(item)
+    return item.size[1], item.size[0]
+  shape = np.shape(item)
+  if len(shape) not in (2, 3):
+    raise image_lib.ImageError(f"{name}: image array has shape {shape}; expected [H, W(, C)]", "bad_image")
+  return shape[0], shape[1]
+
+
+def _decode_image(item, processor: image_lib.ImageProcessorConfig, name: str):
+  """A decoded PIL image (from a path or encoded bytes) or the item itself (PIL image, array)."""
+  if isinstance(item, (str, os.PathLike, bytes, bytearray)):
+    return image_lib.load_image(item, source=name, max_pixels=processor.max_pixels)
+  return item
 
 
 def _image_pixels(height: int, width: int, config: ImageConfig) -> int:
@@ -161,19 +167,19 @@ def _image_pixels(height: int, width: int, config: ImageConfig) -> int:
 
 def _prepare_image(item, config: ImageConfig, fail, k: int, sizes_only: bool):
   field = f"image[{k}]"
-  name = item if isinstance(item, str) else field
+  name = os.fspath(item) if isinstance(item, (str, os.PathLike)) else field
   if isinstance(item, (str, os.PathLike)) and not os.path.isfile(item):
     fail(field, f"no such image file {os.fspath(item)}", "missing_image")
   if sizes_only and config.fixed_size is not None:
     return None, _image_pixels(0, 0, config)
   try:
-    img = _open_image(item, sizes_only)
     if sizes_only:
-      w, h = img.size if isinstance(img, PIL.Image.Image) else img.shape[1::-1]
-      return None, _image_pixels(h, w, config)
-    x = image_lib.preprocess(img, config.processor, source=name)
-  except (OSError, ValueError, SyntaxError) as e:  # PIL and data/image.py errors
-    fail(field, f"cannot decode/preprocess the image ({e})", "corrupt_image")
+      return None, _image_pixels(*_image_size(item, config.processor, name), config)
+    x = image_lib.preprocess(_decode_image(item, config.processor, name), config.processor, source=name)
+  except image_lib.ImageError as e:  # every decoding / preprocessing failure (data/image.py)
+    fail(field, str(e), e.reason)
+  except FileNotFoundError as e:  # deleted since the check above
+    fail(field, f"no such image file ({e})", "missing_image")
   if isinstance(x, image_lib.NaFlexPatches):
     rows, cols = x.spatial_shape
     return x, rows * cols * config.processor.patch_size ** 2
@@ -188,25 +194,30 @@ def _prepare_audio(item, config: AudioConfig, fail, k: int, sizes_only: bool):
       if not os.path.isfile(item):
         fail(field, f"no such audio file {os.fspath(item)}", "missing_audio")
       if sizes_only:
-        import soundfile as sf
-        info = sf.info(os.fspath(item))
-        return None, -(-info.frames * rate // info.samplerate)
-      wave = audio_lib.read_audio(item, rate)
+        frames, file_rate = audio_lib.audio_info(item)
+        return None, -(-frames * rate // file_rate)
+      limit = config.max_samples  # refused from the header, before decoding
+      wave = audio_lib.read_audio(item, rate, max_seconds=None if limit is None else limit / rate)
     elif isinstance(item, dict) and "array" in item:
+      item_rate = audio_lib.check_sampling_rate(item.get("sampling_rate", rate), field, "the item's")
       x = audio_lib.check_waveform(audio_lib.to_mono(item["array"], field), field)
       if sizes_only:
-        return None, -(-x.shape[0] * rate // int(item.get("sampling_rate", rate)))
-      wave = audio_lib.resample(x, item.get("sampling_rate", rate), rate, name=field)
+        return None, -(-x.shape[0] * rate // item_rate)
+      wave = audio_lib.resample(x, item_rate, rate, name=field)
     else:
       fail(field, f"expected a path or {{'array', 'sampling_rate'}}; got {type(item).__name__}", "bad_field")
-  except audio_lib.AudioError as e:
-    fail(field, str(e), "corrupt_audio")
-  except RuntimeError as e:  # soundfile.info on a corrupt header
-    fail(field, f"cannot decode audio ({e})", "corrupt_audio")
+  except audio_lib.AudioError as e:  # every decoding / checking failure (data/audio.py)
+    fail(field, str(e), e.reason)
   limit = config.max_samples
   if limit is not None and wave.shape[0] > limit:
     fail(field, f"{wave.shape[0] / rate:.2f} s long; at most {limit / rate:g} s allowed", "audio_too_long")
   return wave, wave.shape[0]
+
+
+# What reading a CSV / NPZ / NPY series file raises on a bad file (np.load: BadZipFile, EOFError and
+# ValueError for corrupt archives and headers; csv.Error for a field over csv.field_size_limit();
+# UnicodeDecodeError, a ValueError, for a CSV that is not UTF-8).
+SERIES_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, csv.Error)
 
 
 def _prepare_series(item, target, config: SeriesConfig, fail, k: int):
@@ -215,14 +226,17 @@ def _prepare_series(item, target, config: SeriesConfig, fail, k: int):
     if isinstance(item, (str, os.PathLike)):
       x, _ = read_series_file(item)
       item = x[:, 0] if x.shape[1] == 1 else x
-  except (OSError, ValueError) as e:
-    fail(field, f"cannot read the series ({e})", "corrupt_series")
+  except SERIES_READ_ERRORS as e:
+    fail(field, f"cannot read the series ({type(e).__name__}: {e})", "corrupt_series")
   out = []
   for name, v in ((field, item), (f"target[{k}]", target)):
     if v is None:
       out.append(None)
       continue
-    v = np.asarray(v, np.float32)
+    try:
+      v = np.asarray(v, np.float32)
+    except (TypeError, ValueError) as e:  # strings, ragged lists
+      fail(name, f"is not an array of numbers ({e})", "bad_series_shape")
     want = 1 if config.channels is None else 2
     if v.ndim == 2 and config.channels is not None and v.shape[1] != config.channels:
       fail(name, f"has {v.shape[1]} channels; the pipeline expects {config.channels}", "bad_series_shape")
