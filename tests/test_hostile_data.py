@@ -439,3 +439,22 @@ def test_tokenizer_rejects_the_wrong_type_at_once(deadline):
     tok.encode_batch("abc")
   assert tok.encode_bytes(bytearray(b"abc")) == tok.encode_bytes(memoryview(b"abc")) == tok.encode("abc")
   assert tok.decode(np.array(tok.encode("abc"), np.int32)) == "abc"
+
+
+def test_npy_and_npz_headers_claiming_more_than_the_file_are_refused(tmp_path):
+  """A series array header promising 8 TB is refused with the file name before numpy allocates it."""
+  import io
+  import zipfile
+  from modrwkv_jax.data.sources import read_series_file
+  header = np.lib.format.header_data_from_array_1_0(np.zeros(3))
+  header["shape"] = (10**12,)
+  buf = io.BytesIO()
+  np.lib.format.write_array_header_1_0(buf, header)
+  buf.write(np.zeros(3).tobytes())
+  (tmp_path / "big.npy").write_bytes(buf.getvalue())
+  with pytest.raises(ValueError, match=r"big.npy: not a readable"):
+    read_series_file(tmp_path / "big.npy")
+  with zipfile.ZipFile(tmp_path / "big.npz", "w") as z:
+    z.writestr("x.npy", buf.getvalue())
+  with pytest.raises(ValueError, match=r"big.npz: array 'x' claims shape \(1000000000000,\)"):
+    read_series_file(tmp_path / "big.npz")

@@ -251,6 +251,19 @@ class AudioManifestSource(_JsonSource):
 # Time series.
 
 
+def _check_npz_member(path: str, npz, key: str) -> None:
+  """Refuses an .npz member whose header claims more data than the member holds (before numpy allocates)."""
+  info = npz.zip.getinfo(f"{key}.npy")
+  with npz.zip.open(info) as f:
+    version = np.lib.format.read_magic(f)
+    shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0(f))
+  need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+  if need > info.file_size:
+    raise ValueError(f"{path}: array {key!r} claims shape {shape} ({need:,} bytes) but the file holds "
+                     f"{info.file_size:,} bytes: truncated or corrupt")
+
+
 def read_series_file(path: str | os.PathLike, *, columns: Sequence[str] | None = None,
                      time_column: str | None = None, key: str | None = None) -> tuple[np.ndarray, list[str]]:
   """A series file as (float64[N, C], column names).
@@ -263,7 +276,12 @@ def read_series_file(path: str | os.PathLike, *, columns: Sequence[str] | None =
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such series file")
   if path.endswith((".npz", ".npy")):
-    data = np.load(path, allow_pickle=False)
+    # .npy is memory-mapped (numpy refuses a header that promises more bytes than the file holds);
+    # an .npz member's header is checked against the member's size before numpy allocates it.
+    try:
+      data = np.load(path, allow_pickle=False, mmap_mode="r" if path.endswith(".npy") else None)
+    except (ValueError, OSError, EOFError) as e:
+      raise ValueError(f"{path}: not a readable .npy / .npz array file ({e})") from None
     if isinstance(data, np.lib.npyio.NpzFile):
       names = list(data.keys())
       if key is None and len(names) != 1:
@@ -271,6 +289,7 @@ def read_series_file(path: str | os.PathLike, *, columns: Sequence[str] | None =
       key = key or names[0]
       if key not in names:
         raise ValueError(f"{path}: no array {key!r}; arrays: {names}")
+      _check_npz_member(path, data, key)
       data = data[key]
     x = np.asarray(data, np.float64)
     if x.ndim == 1:
