@@ -33,7 +33,9 @@ def user_turn_ids(tokenizer, text: str) -> list[int]:
 
 
 def modality_tokens(config: modrwkv.ModRWKVConfig, params: Mapping, name: str, inputs, mask=None):
-  """One item's real modality tokens: float32[L_real, D] (inputs without a batch axis)."""
+  """One item's real modality tokens: float32[L_real, D] (inputs without a batch axis), checked first."""
+  modrwkv.check_items(config, name, np.asarray(inputs, np.float32)[None],
+                      None if mask is None else np.asarray(mask, bool)[None])
   x = jnp.asarray(inputs, jnp.float32)[None]
   m = None if mask is None else jnp.asarray(mask, bool)[None]
   tokens, token_mask = _encode(config, params, name, x, m)

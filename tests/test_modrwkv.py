@@ -451,3 +451,16 @@ def test_chat_carries_state_like_one_long_prompt(params, items):
     chat.ask("?", series=np.zeros(8))
   with pytest.raises(ValueError, match="empty turn"):
     chat.ask("")
+
+
+def test_chat_checks_items_at_the_boundary(params, items):
+  """Chat holds concrete items: the encoder's check_inputs runs on them before anything is compiled."""
+  images, mels, _ = items
+  chat = Chat(CONFIG, params, max_new_tokens=2)
+  bad = images[0].copy()
+  bad[3, 4, 1] = np.nan
+  with pytest.raises(ValueError, match="siglip.check_inputs: image 0 holds NaN or inf pixels"):
+    chat.ask("What is it?", image=bad)
+  with pytest.raises(ValueError, match=r"\(1, 8, 8, 3\)|shape"):
+    chat.ask("What is it?", image=images[0][:8, :8])
+  assert chat.state is None and not chat.history  # nothing was consumed

@@ -25,6 +25,7 @@ Params: {"rwkv": ..., "encoders": {m: ...}, "projectors": {m: ...}}.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -104,6 +105,19 @@ def _run_encoder(m: ModalityConfig, params, inputs, mask, spatial_shapes=None):
   if spatial_shapes is not None:  # SigLIP2 NaFlex: patches + patch mask + grid shapes
     opts["spatial_shapes"] = spatial_shapes
   return module.encode(m.encoder_config, params, inputs, mask, **opts)
+
+
+def check_items(config: ModRWKVConfig, name: str, inputs, mask=None, spatial_shapes=None) -> None:
+  """The boundary check of concrete (numpy) items of modality `name` before they are encoded: the
+  encoder's own `check_inputs` (shapes and values; raises ValueError naming what is wrong). The jitted
+  `encode_items` does no value checks."""
+  m = config.modality(name)
+  check = ENCODERS[m.encoder][0].check_inputs
+  accepted = inspect.signature(check).parameters
+  opts = {k: v for k, v in m.encoder_options if k in accepted}
+  if spatial_shapes is not None:
+    opts["spatial_shapes"] = np.asarray(spatial_shapes)
+  check(m.encoder_config, np.asarray(inputs), None if mask is None else np.asarray(mask), **opts)
 
 
 def encode_items(config: ModRWKVConfig, params: Mapping, name: str, inputs, mask=None, spatial_shapes=None):
