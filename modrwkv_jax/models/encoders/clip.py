@@ -262,7 +262,7 @@ def config_from_hf(hf: Mapping, source: str = "config.json", *, dtype: str = "fl
   if model_type not in MODEL_TYPES:
     raise ValueError(f"{source}: model_type {model_type!r} is not a CLIP vision checkpoint; clip.load_hf reads "
                      f"{list(MODEL_TYPES)} (use siglip.load_hf for 'siglip' / 'siglip2')")
-  v = {**_HF_DEFAULTS, **hf_snapshot.sub_config(hf, "vision_config")}
+  v = {**_HF_DEFAULTS, **hf_snapshot.sub_config(hf, "vision_config", source=source)}
   return CLIPConfig(hidden_size=int(v["hidden_size"]), intermediate_size=int(v["intermediate_size"]),
                     num_layers=int(v["num_hidden_layers"]), num_heads=int(v["num_attention_heads"]),
                     patch_size=_square(v["patch_size"], "patch_size", source),

@@ -6,7 +6,6 @@ No torch and no network: a snapshot is a folder a user downloaded themselves, e.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 
@@ -77,31 +76,28 @@ class Snapshot:
 
 
 def read_config(path: str | os.PathLike) -> dict:
-  """The parsed config.json of a snapshot folder."""
+  """The parsed config.json of a snapshot folder (ValueError naming the file unless a JSON object)."""
   file = os.path.join(os.fspath(path), "config.json")
   if not os.path.exists(file):
     raise FileNotFoundError(f"{file}: missing; a Hugging Face snapshot folder needs config.json")
-  try:
-    with open(file) as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{file}: not valid JSON: {e}") from e
+  return tensor_files.read_json_object(file)
 
 
-def sub_config(config: Mapping, key: str) -> dict:
+def sub_config(config: Mapping, key: str, source: str = "config.json") -> dict:
   """`config[key]` for two-tower checkpoints ('vision_config'), or config itself for tower-only ones."""
   if key in config:
+    if not isinstance(config[key], Mapping):
+      raise ValueError(f"{source}: {key!r} is a {type(config[key]).__name__}; expected an object")
     return dict(config[key])
   return dict(config)
 
 
 def read_preprocessor_config(path: str | os.PathLike) -> dict:
-  """The parsed preprocessor_config.json of a snapshot folder."""
+  """The parsed preprocessor_config.json of a snapshot folder (ValueError naming it unless a JSON object)."""
   file = os.path.join(os.fspath(path), "preprocessor_config.json")
   if not os.path.exists(file):
     raise FileNotFoundError(f"{file}: missing; the image/audio processor settings come from this file")
-  with open(file) as f:
-    return json.load(f)
+  return tensor_files.read_json_object(file)
 
 
 def to_device(params: dict, param_dtype=np.float32, mesh=None, logical_axes=None) -> dict:

@@ -457,7 +457,7 @@ def config_from_hf(hf: Mapping, source: str = "config.json", *, dtype: str = "fl
     raise ValueError(f"{source}: model_type {model_type!r} is not a SigLIP vision checkpoint; siglip.load_hf "
                      f"reads {sorted(MODEL_TYPES)} (use clip.load_hf for 'clip')")
   naflex = MODEL_TYPES[model_type]
-  v = {**_HF_DEFAULTS, **hf_snapshot.sub_config(hf, "vision_config")}
+  v = {**_HF_DEFAULTS, **hf_snapshot.sub_config(hf, "vision_config", source=source)}
   return SiglipConfig(
       hidden_size=int(v["hidden_size"]), intermediate_size=int(v["intermediate_size"]),
       num_layers=int(v["num_hidden_layers"]), num_heads=int(v["num_attention_heads"]),
