@@ -6,7 +6,7 @@ with `scan_layers=False` (one copy of the block per layer in the program) and on
 `scan_layers=True` (one block inside `nn.scan`). Compile time is the time of `.lower().compile()`;
 nothing is executed. The target of the model-surface issue: scanned 24 layers within 1.5× of 4.
 
-It also times `rwkv7.init_params` for the full 0.4B model (compile + run, scanned layout).
+It also times `rwkv7.init_params` for the full 0.4B model (compile + run), scanned and unrolled.
 Prints a table and writes benchmarks/results/compile_<backend>.json.
 
   python benchmarks/compile.py [--layers 4 12 24] [--tokens 64] [--no-init]
@@ -38,12 +38,12 @@ def compile_seconds(config, tokens: int) -> float:
   return time.perf_counter() - t0
 
 
-def time_init() -> dict:
-  config = rwkv7.preset("0.4B", scan_layers=True)
+def time_init(scan: bool = True) -> dict:
+  config = rwkv7.preset("0.4B", scan_layers=scan)
   t0 = time.perf_counter()
   params = rwkv7.init_params(config, jax.random.key(0))
   jax.block_until_ready(params)
-  return {"preset": "0.4B", "scan_layers": True, "seconds": time.perf_counter() - t0,
+  return {"preset": "0.4B", "scan_layers": scan, "seconds": time.perf_counter() - t0,
           "parameters": sum(x.size for x in jax.tree.leaves(params))}
 
 
@@ -71,7 +71,7 @@ def main(argv=None):
     row["unrolled_vs_first"] = row["unrolled_s"] / base["unrolled_s"]
     row["scanned_vs_first"] = row["scanned_s"] / base["scanned_s"]
 
-  init = None if args.no_init else time_init()
+  init = None if args.no_init else [time_init(scan=True), time_init(scan=False)]
 
   print(f"\ncompile of value_and_grad, 0.4B width, batch 1 × {args.tokens} tokens ({jax.default_backend()})")
   print(f"{'layers':>6} | {'unrolled s':>10} | {'scanned s':>9} | {'unrolled ×':>10} | {'scanned ×':>9}")
@@ -79,9 +79,9 @@ def main(argv=None):
     print(f"{row['layers']:>6} | {row['unrolled_s']:>10.2f} | {row['scanned_s']:>9.2f} | "
           f"{row['unrolled_vs_first']:>10.2f} | {row['scanned_vs_first']:>9.2f}")
   print(f"(× = compile time relative to {base['layers']} layers of the same layout)")
-  if init:
-    print(f"init_params 0.4B ({init['parameters'] / 1e6:.0f} M parameters, scanned): {init['seconds']:.1f} s "
-          "(compile + run)")
+  for row in init or []:
+    print(f"init_params 0.4B ({row['parameters'] / 1e6:.0f} M parameters, "
+          f"{'scanned' if row['scan_layers'] else 'unrolled'}): {row['seconds']:.1f} s (compile + run)")
   path = write_result({"benchmark": "compile", "machine": machine(), "tokens": args.tokens, "rows": rows,
                        "init_0.4b": init}, "compile")
   print(f"wrote {path}")

@@ -109,6 +109,19 @@ def _stream(config, params, logits, state, key, stop_token, max_new_tokens, samp
 _prefill = jax.jit(rwkv7.forward, static_argnums=0)
 
 
+def _last_real_logits(logits, mask):
+  """logits float32[B, T, V] -> float32[B, V] at each row's last real position. Padding leaves the
+  state untouched wherever it is (left, right or inside), so each row continues from its own last token;
+  a row without any real token continues from its incoming state's last logits slot (position T − 1)."""
+  if mask is None:
+    return logits[:, -1]
+  mask = jnp.asarray(mask, bool)
+  t = jnp.arange(mask.shape[1])
+  last = jnp.max(jnp.where(mask, t, -1), axis=1)
+  last = jnp.where(last < 0, mask.shape[1] - 1, last)
+  return jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
+
+
 def _check_settings(max_new_tokens, temperature, top_p, top_k, presence_penalty, frequency_penalty):
   """Sampling settings are checked before anything is compiled: a NaN would silently sample garbage."""
   if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
@@ -131,8 +144,8 @@ def generate(config: rwkv7.RWKV7Config, params, prompt=None, *, embeddings=None,
   """Generates continuations of a batch of prompts.
 
   Args:
-    prompt: int[B, T] token ids (or a list of ids for B = 1); left-pad a ragged batch and pass
-      `mask` (True at real tokens) so every row ends at its last real token.
+    prompt: int[B, T] token ids (or a list of ids for B = 1); pad a ragged batch on either side (or
+      inside) and pass `mask` (True at real tokens): every row continues from its own last real token.
     embeddings: float[B, T, D] instead of `prompt` (e.g. modality tokens + text embeddings).
     state: RWKV7State to continue from (multi-turn chat), or None.
     stop_token: id that ends a row (fed to the model, then the row stops); None never stops.
@@ -153,15 +166,16 @@ def generate(config: rwkv7.RWKV7Config, params, prompt=None, *, embeddings=None,
     rwkv7.check_tokens(config, prompt, "generate: prompt")  # the boundary: the jitted model does no value checks
     prompt = jnp.asarray(prompt, jnp.int32)
   logits, state = _prefill(config, params, prompt, state, embeddings=embeddings, mask=mask)
+  last = _last_real_logits(logits, mask)
   if max_new_tokens == 0:  # the prompt is absorbed into the state; nothing is generated
     return [[] for _ in range(logits.shape[0])], state
   sampling = (float(temperature), float(top_p), int(top_k), float(presence_penalty), float(frequency_penalty))
   stop = -1 if stop_token is None else stop_token
   if callback is None:
-    out, state = _decode(config, params, logits[:, -1], state, jax.random.key(seed), jnp.int32(stop),
+    out, state = _decode(config, params, last, state, jax.random.key(seed), jnp.int32(stop),
                          max_new_tokens=max_new_tokens, sampling=sampling)
   else:
-    out, state = _stream(config, params, logits[:, -1], state, jax.random.key(seed), stop, max_new_tokens,
+    out, state = _stream(config, params, last, state, jax.random.key(seed), stop, max_new_tokens,
                          sampling, callback)
   rows = []
   for row in np.asarray(out).tolist():

@@ -380,19 +380,23 @@ def test_token_by_token_decoding_equals_one_full_forward(params):
   assert rows[0] == tokens
 
 
-def test_ragged_batch_equals_one_by_one(params):
+@pytest.mark.parametrize("side", ["left", "right", "inside"])
+def test_ragged_batch_equals_one_by_one(params, side):
+  """Left, right and interior padding all continue each row from its own last real token."""
   p = params["rwkv"]
-  prompts = [[5, 6, 7], [9, 8, 7, 6, 5, 4, 3]]
-  T = max(map(len, prompts))
-  ids = np.zeros((2, T), np.int32)
-  mask = np.zeros((2, T), bool)
-  for i, q in enumerate(prompts):  # left padding
-    ids[i, T - len(q):], mask[i, T - len(q):] = q, True
+  prompts = [[5, 6, 7], [9, 8, 7, 6, 5, 4, 3], [11, 12, 13, 14]]
+  T = max(map(len, prompts)) + 2
+  ids = np.full((3, T), 77, np.int32)  # padding holds a real-looking id: it must not matter
+  mask = np.zeros((3, T), bool)
+  for i, q in enumerate(prompts):
+    where = {"left": np.arange(T - len(q), T), "right": np.arange(len(q)),
+             "inside": np.r_[0, np.arange(T - len(q) + 1, T)]}[side]
+    ids[i, where], mask[i, where] = q, True
   batched, _ = gen.generate(RWKV, p, ids, mask=jnp.asarray(mask), max_new_tokens=8, stop_token=None,
                             temperature=0.0)
   for q, row in zip(prompts, batched):
     alone, _ = gen.generate(RWKV, p, q, max_new_tokens=8, stop_token=None)
-    assert row == alone[0]
+    assert row == alone[0], side
 
 
 def test_sampling_controls(params):
