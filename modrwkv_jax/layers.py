@@ -5,6 +5,7 @@
                (modrwkv_jax.peft.add_adapters) make it the adapted projection
     layer_norm the LayerNorm factory (float32 statistics, exact variance, logical axis names)
     Conv1d     torch.nn.Conv1d on channels-last arrays, and its op `conv1d`
+    rematerialise / check_stack_options   the `scan_layers` / `remat` options every layer stack shares
 
 Kernels are Flax layout: Dense [in, out] = the torch Linear weight transposed, Conv1d [K, in/groups,
 out] = the torch weight [out, in/groups, K] transposed (2, 1, 0). Every parameter carries logical
@@ -23,7 +24,8 @@ import jax.numpy as jnp
 from modrwkv_jax.ops.matmul import matmul
 from modrwkv_jax.peft import adapters as peft_adapters
 
-__all__ = ["Conv1d", "Dense", "conv1d", "layer_norm", "matmul"]
+__all__ = ["REMAT_CHOICES", "Conv1d", "Dense", "check_stack_options", "conv1d", "layer_norm", "matmul",
+           "rematerialise"]
 
 
 class Dense(nn.Module):
@@ -106,3 +108,30 @@ def conv1d(x, kernel, bias=None, *, stride=1, padding=0, dilation=1, groups=1, d
   if bias is not None:
     y = y + bias.astype(jnp.float32)
   return y.astype(dtype)
+
+
+# `jax.checkpoint_policies` attributes that are policies themselves (the others are factories that
+# need arguments, e.g. save_only_these_names(...)).
+REMAT_POLICIES = tuple(p for p in ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                                   "checkpoint_dots", "checkpoint_dots_with_no_batch_dims", "everything_saveable")
+                       if hasattr(jax.checkpoint_policies, p))
+REMAT_CHOICES = ("none", "block") + REMAT_POLICIES
+
+
+def check_stack_options(where: str, scan_layers, remat) -> None:
+  """Config validation of `scan_layers` / `remat` (called from each config's __post_init__)."""
+  if not isinstance(scan_layers, bool):
+    raise ValueError(f"{where}.scan_layers must be True or False, got {scan_layers!r}")
+  if remat not in REMAT_CHOICES:
+    raise ValueError(f"{where}.remat={remat!r}; choose 'none', 'block' (recompute the whole layer in the backward "
+                     f"pass) or a jax.checkpoint_policies name: {list(REMAT_POLICIES)}")
+
+
+def rematerialise(module_cls, remat: str, scanned: bool):
+  """`module_cls` wrapped by `nn.remat` per `remat`: "none" (as is), "block" (only the layer's inputs
+  are saved; everything inside is recomputed in the backward pass) or a `jax.checkpoint_policies` name.
+  prevent_cse is needed only outside a scan (scan already keeps XLA from merging the recomputation)."""
+  if remat == "none":
+    return module_cls
+  policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
+  return nn.remat(module_cls, policy=policy, prevent_cse=not scanned)

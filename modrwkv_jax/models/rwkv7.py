@@ -45,24 +45,6 @@ L2_EPS = 1e-12  # torch.nn.functional.normalize
 # ---------------------------------------------------------------------------------------------
 # Config.
 
-REMAT_CHOICES = ("none", "block")  # or the name of a jax.checkpoint_policies attribute
-
-
-def remat_policy(remat: str, owner: str = "config"):
-  """`remat` -> (wrap?, policy): "none" (no rematerialisation), "block" (save only the block inputs:
-  recompute everything inside in the backward), or a `jax.checkpoint_policies` name
-  (e.g. "dots_with_no_batch_dims_saveable", "nothing_saveable")."""
-  if remat == "none":
-    return False, None
-  if remat == "block":
-    return True, None
-  policy = getattr(jax.checkpoint_policies, remat, None)
-  if policy is None or not callable(policy):
-    names = sorted(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
-    raise ValueError(f"{owner}.remat={remat!r}: choose 'none', 'block' or a jax.checkpoint_policies name: {names}")
-  return True, policy
-
-
 @dataclasses.dataclass(frozen=True)
 class RWKV7Config:
   """Sizes of an RWKV-7 model. Frozen and hashable, so it can be a static jit argument.
@@ -100,9 +82,7 @@ class RWKV7Config:
       raise ValueError(f"RWKV7Config.dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
     if self.wkv_impl != "auto":
       resolve_impl(self.wkv_impl)  # raises on an unknown name
-    if not isinstance(self.scan_layers, bool):
-      raise ValueError(f"RWKV7Config.scan_layers must be a bool, got {self.scan_layers!r}")
-    remat_policy(self.remat, "RWKV7Config")
+    layers.check_stack_options("RWKV7Config", self.scan_layers, self.remat)
 
   @property
   def n_head(self) -> int:
@@ -406,11 +386,7 @@ class RWKV7State:
 
 def _block_class(config: RWKV7Config):
   """Block, rematerialised per config.remat."""
-  wrap, policy = remat_policy(config.remat, "RWKV7Config")
-  if not wrap:
-    return Block
-  # prevent_cse is only needed outside scan (scan already blocks CSE across iterations).
-  return nn.remat(Block, policy=policy, prevent_cse=not config.scan_layers)
+  return layers.rematerialise(Block, config.remat, config.scan_layers)
 
 
 class RWKV7(nn.Module):

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from modrwkv_jax import layers
 from modrwkv_jax.layers import Dense, layer_norm
 
 EMBED = ("enc_embed",)  # the logical name of LayerNorm params and biases of width C
@@ -187,21 +188,8 @@ class EncoderLayer(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Layer stacks: unrolled or scanned, optionally rematerialised.
 
-# `jax.checkpoint_policies` attributes that are policies themselves (the others are factories that
-# need arguments, e.g. save_only_these_names(...)).
-REMAT_POLICIES = tuple(p for p in ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
-                                   "checkpoint_dots", "checkpoint_dots_with_no_batch_dims", "everything_saveable")
-                       if hasattr(jax.checkpoint_policies, p))
-REMAT_CHOICES = ("none", "block") + REMAT_POLICIES
-
-
-def check_stack_options(where: str, scan_layers, remat) -> None:
-  """Config validation of `scan_layers` / `remat` (called from each config's __post_init__)."""
-  if not isinstance(scan_layers, bool):
-    raise ValueError(f"{where}.scan_layers must be True or False, got {scan_layers!r}")
-  if remat not in REMAT_CHOICES:
-    raise ValueError(f"{where}.remat={remat!r}; choose 'none', 'block' (recompute the whole layer in the backward "
-                     f"pass) or a jax.checkpoint_policies name: {list(REMAT_POLICIES)}")
+REMAT_CHOICES = layers.REMAT_CHOICES
+check_stack_options = layers.check_stack_options
 
 
 def _scan_step(layer_cls):
@@ -228,10 +216,7 @@ def run_layers(layer_cls, layer_kwargs: Mapping, num_layers: int, x, *args, scan
   Returns:
     (x after the last layer, hidden_states: tuple of num_layers + 1 arrays, x then each layer's output).
   """
-  cls = layer_cls
-  if remat != "none":
-    policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
-    cls = nn.remat(cls, policy=policy, prevent_cse=not scan_layers)
+  cls = layers.rematerialise(layer_cls, remat, scan_layers)
   if not scan_layers or num_layers == 0:
     hidden = [x]
     for i in range(num_layers):
