@@ -324,7 +324,8 @@ def _open_zip(path: str) -> zipfile.ZipFile:
     magic = f.read(4)
   try:
     return zipfile.ZipFile(path)
-  except Exception as e:  # BadZipFile, OSError, struct.error, NotImplementedError, UnicodeDecodeError, ...
+  except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error, NotImplementedError, UnicodeDecodeError,
+          OverflowError) as e:
     if magic.startswith(b"PK"):
       raise ValueError(f"{path}: truncated or corrupt zip archive ({e}); re-download or re-save the "
                        "checkpoint") from e
