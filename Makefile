@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# Trains configs/demo.py with train.py (builds the offline data on first use; re-running resumes), then
+# evaluates the run on the held-out test splits.
 demo: $(STAMP)
-	$(PY) -m modrwkv_jax.demo
+	$(PY) train.py --config configs/demo.py --workdir runs/demo
+	$(PY) -m modrwkv_jax.demo --workdir runs/demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/wkv7.py

@@ -285,15 +285,42 @@ def forecast(config: ModRWKVConfig, params: Mapping, batch: Mapping):
   return pred, pred * std + mean
 
 
-def forecast_loss(config: ModRWKVConfig, params: Mapping, batch: Mapping):
-  """MSE in RevIN units against batch["target"] float[B, S, horizon] (first item); also the MSE and
-  MAE in the series' units. Returns (loss, metrics)."""
+def forecast_loss_terms(config: ModRWKVConfig, params: Mapping, batch: Mapping):
+  """Summed squared error (RevIN units) over the real target values and their count: the terms that
+  gradient accumulation and multi-host averaging add up before dividing once.
+
+  Only rows that hold a series (`series_count` > 0) and target steps marked by `target_mask` count: a
+  mixed batch (images, audio, series) or a padding row contributes nothing, and a batch without series
+  gives (0, 0).
+  Returns:
+    (se_sum float32[], n_values int32[], aux {"se_units": float32[] squared error in the series' units,
+     "ae_units": float32[] absolute error in the series' units}).
+  """
   pred, pred_units = forecast(config, params, batch)
   target = jnp.asarray(batch["target"], jnp.float32)[:, 0]
+  if target.shape[-1] != config.forecast_horizon:
+    raise ValueError(f"forecast: the batch's targets have {target.shape[-1]} steps; forecast_horizon is "
+                     f"{config.forecast_horizon} (set data.series.horizon / the source's horizon to match)")
+  valid = jnp.ones(target.shape, bool)
+  if "target_mask" in batch:
+    valid = jnp.asarray(batch["target_mask"], bool)[:, 0]
+  if "series_count" in batch:
+    valid = valid & (jnp.asarray(batch["series_count"])[:, None] > 0)
   mean, std = _series_stats(batch)
-  value = jnp.mean(jnp.square(pred - (target - mean) / std))
-  return value, {"loss": value, "mse": jnp.mean(jnp.square(pred_units - target)),
-                 "mae": jnp.mean(jnp.abs(pred_units - target))}
+  se = jnp.where(valid, jnp.square(pred - (target - mean) / std), 0.0).sum()
+  se_units = jnp.where(valid, jnp.square(pred_units - target), 0.0).sum()
+  ae_units = jnp.where(valid, jnp.abs(pred_units - target), 0.0).sum()
+  return se, valid.sum().astype(jnp.int32), {"se_units": se_units, "ae_units": ae_units}
+
+
+def forecast_loss(config: ModRWKVConfig, params: Mapping, batch: Mapping):
+  """MSE in RevIN units against batch["target"] float[B, S, horizon] (first item), over the real target
+  values only (`forecast_loss_terms`); also the MSE and MAE in the series' units. With no target value in
+  the batch the loss is 0. Returns (loss, metrics)."""
+  se, n, aux = forecast_loss_terms(config, params, batch)
+  denom = jnp.maximum(n, 1)
+  value = se / denom
+  return value, {"loss": value, "mse": aux["se_units"] / denom, "mae": aux["ae_units"] / denom, "values": n}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,38 @@
+"""ModRWKV 0.4B phase II with Bone adapters in place of full RWKV-7 training (DESIGN §3, §4).
+
+As configs/modrwkv_0.4b_siglip2_phase2.py (LLaVA-665K, batch 128, one epoch of 5,198 steps, ctx 2048, lr
+2e-5, Adam(0.9, 0.99), bf16), but RWKV-7's weights stay frozen: Bone (block-affine, r = 64: one trainable 64
+× out matrix D per target, zeros at init, DESIGN §4) on every att receptance/key/value/output and ffn
+key/value matrix; the vision adapter and the bone parameters train (train.trainable = ("adapter", "peft")).
+The paper's lr is kept; parameter-efficient runs often take a larger one (--config.optim.lr=1e-4).
+
+Start from the phase-I run:
+    python train.py --config configs/bone_phase2.py --workdir runs/bone_phase2 \
+        --config.data.root=/data/llava \
+        --config.init.from_checkpoint=runs/modrwkv_0.4b_siglip2_phase1/checkpoints
+Expected files: {data.root}/LLaVA-Instruct/llava_v1_5_mix665k.json + images, weights/rwkv7-world-0.4b.pth,
+weights/siglip2-base-patch16-384/ (as the full phase-II config).
+"""
+
+import importlib.util
+import os
+
+
+def _sibling(name):
+  """configs/<name>.py, loaded by path (configs are files, not a package; any working directory works)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"_modrwkv_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config():
+  c = _sibling("common").vision_recipe("0.4B", phase=2)
+  c.name = "bone_phase2"
+  c.model.peft.method = "bone"
+  c.model.peft.r = 64  # block size (peft MissConfig default)
+  c.model.peft.alpha = None
+  c.model.peft.targets = None  # None: the RWKV-7 defaults (att receptance/key/value/output, ffn key/value)
+  c.train.trainable = ("adapter", "peft")
+  return c

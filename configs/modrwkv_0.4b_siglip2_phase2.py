@@ -1,0 +1,37 @@
+"""ModRWKV 0.4B (RWKV-7 0.4B, 24 layers × 1024) + SigLIP2, phase II: instruction tuning (DESIGN §3).
+
+Trains the vision adapter and every RWKV-7 parameter; SigLIP2-B/16-384 stays frozen. Data: LLaVA-v1.5
+mix665k, one epoch (665,298 records at a global batch of 128: 5,198 steps), ctx 2048, lr 2e-5 (100
+warmup steps, cosine to 0), Adam(0.9, 0.99, eps 1e-8), no weight decay, clip 1.0, bf16 compute.
+
+Starts from the phase-I run (configs/modrwkv_0.4b_siglip2_phase1.py): pass its checkpoints with
+`--config.init.from_checkpoint=runs/modrwkv_0.4b_siglip2_phase1/checkpoints` (`init.from_checkpoint` is
+None here; the trainer takes the params alone because the optimizer layout differs between phases).
+Without it the adapter starts from scratch on top of `init.rwkv_pth`.
+
+Expected files (all local; nothing is downloaded):
+  {data.root}/LLaVA-Instruct/llava_v1_5_mix665k.json            the conversations; image paths relative to
+  {data.root}/LLaVA-Instruct/{coco,gqa,ocr_vqa,textvqa,vg}/...  that folder (LLaVA-1.5's layout)
+  weights/rwkv7-world-0.4b.pth                                  an RWKV-7 0.4B .pth
+  weights/siglip2-base-patch16-384/                             HF snapshot (config.json + model.safetensors)
+
+    python train.py --config configs/modrwkv_0.4b_siglip2_phase2.py --workdir runs/modrwkv_0.4b_siglip2_phase2 \
+        --config.data.root=/data/llava \
+        --config.init.from_checkpoint=runs/modrwkv_0.4b_siglip2_phase1/checkpoints
+"""
+
+import importlib.util
+import os
+
+
+def _sibling(name):
+  """configs/<name>.py, loaded by path (configs are files, not a package; any working directory works)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"_modrwkv_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config():
+  return _sibling("common").vision_recipe("0.4B", phase=2)

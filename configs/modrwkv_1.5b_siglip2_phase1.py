@@ -1,0 +1,33 @@
+"""ModRWKV 1.5B (RWKV-7 1.5B, 24 layers × 2048) + SigLIP2, phase I: align the vision adapter (DESIGN §3).
+
+Trains the vision adapter only (m = 2, no compressor); the SigLIP2-B/16-384 encoder and RWKV-7 stay
+frozen. Data: LLaVA-CC3M-Pretrain-595K, one epoch (595,375 records at a global batch of 256: 2,326
+steps), ctx 2048, lr 1e-3 (100 warmup steps, cosine to 0), Adam(0.9, 0.99, eps 1e-8), no weight
+decay, clip 1.0, bf16 compute, scanned and rematerialised RWKV-7 blocks.
+
+Expected files (all local; nothing is downloaded):
+  {data.root}/LLaVA-CC3M-Pretrain-595K/chat.json  the conversations (image paths relative to that folder)
+  {data.root}/LLaVA-CC3M-Pretrain-595K/*.jpg      the images (the unzipped images.zip)
+  weights/rwkv7-world-1.5b.pth                    an RWKV-7 1.5B .pth (e.g. BlinkDL/rwkv-7-world)
+  weights/siglip2-base-patch16-384/               HF snapshot (config.json + model.safetensors)
+
+    python train.py --config configs/modrwkv_1.5b_siglip2_phase1.py --workdir runs/modrwkv_1.5b_siglip2_phase1 \
+        --config.data.root=/data/llava
+Then phase II: configs/modrwkv_1.5b_siglip2_phase2.py.
+"""
+
+import importlib.util
+import os
+
+
+def _sibling(name):
+  """configs/<name>.py, loaded by path (configs are files, not a package; any working directory works)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"_modrwkv_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config():
+  return _sibling("common").vision_recipe("1.5B", phase=1)

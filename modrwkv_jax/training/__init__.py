@@ -1,0 +1,1 @@
+"""The trainer: configs, parameter groups, optimizer, step, checkpoints, loop (`python train.py`)."""
