@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[test]"
 	touch $(STAMP)
 
+# Two workers, one test file each at a time (module fixtures compile once per file): most of the
+# suite's time is single-threaded XLA compilation, so two workers use both cores.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Trains configs/demo.py with train.py (builds the offline data on first use; re-running resumes), then
 # evaluates the run on the held-out test splits.

@@ -44,13 +44,18 @@ class TrainingAborted(RuntimeError):
 # Building blocks (each usable alone: tests and notebooks call them).
 
 def make_mesh(config):
+  """The (data, fsdp, tensor) mesh of `config.mesh`; −1 fills the devices. A mesh smaller than the
+  devices of a single process uses the first ones (e.g. one device for a reference run)."""
   m = config.mesh
   n = len(jax.devices())
   sizes = [m.data, m.fsdp, m.tensor]
   fixed = math.prod(s for s in sizes if s != -1)
-  if fixed > n or (-1 not in sizes and fixed != n):
-    raise ValueError(f"mesh data={m.data} × fsdp={m.fsdp} × tensor={m.tensor} needs {fixed} devices; "
-                     f"{n} are available ({jax.devices()[0].platform})")
+  if fixed > n or (-1 in sizes and n % fixed) or (-1 not in sizes and fixed < n and jax.process_count() > 1):
+    raise ValueError(f"mesh data={m.data} × fsdp={m.fsdp} × tensor={m.tensor} needs {fixed} devices"
+                     f"{' (or a multiple)' if -1 in sizes else ''}; {n} are available ({jax.devices()[0].platform}, "
+                     f"{jax.process_count()} process(es))")
+  if -1 not in sizes and fixed < n:
+    return sharding.make_mesh(m.data, m.fsdp, m.tensor, devices=jax.devices()[:fixed])
   return sharding.make_mesh(m.data, m.fsdp, m.tensor)
 
 
@@ -313,11 +318,13 @@ def train(config, workdir: str, *, config_file_diff: Mapping | None = None) -> d
         writer.write(step, row)
         progress.update(step, loss=row["loss"], tokens_per_sec=row.get("tokens_per_sec"))
         last = row
-        if int(jax.device_get(state["skipped_in_a_row"])) >= max_bad:
-          raise TrainingAborted(f"{max_bad} steps in a row had a non-finite loss or gradient (last at step {step}); "
-                                "lower optim.lr, check the data, or raise train.max_skipped_in_a_row")
-      elif int(jax.device_get(state["skipped_in_a_row"])) >= max_bad:
-        raise TrainingAborted(f"{max_bad} steps in a row had a non-finite loss or gradient (last at step {step})")
+      # Reading the counter waits for the step: done every min(log_every, K) steps, so a run of K skips
+      # stops within 2K − 1 steps without a device sync per step.
+      if step % min(config.train.log_every, max_bad) == 0 and int(jax.device_get(state["skipped_in_a_row"])) >= max_bad:
+        raise TrainingAborted(f"{max_bad} steps in a row had a non-finite loss or gradient (last at step {step}); "
+                              "lower optim.lr, check the data, or raise train.max_skipped_in_a_row")
+      if jax.process_count() > 1:  # every host stops at the same step, even if only one got the signal
+        stop["signal"] = _any_host(stop["signal"])
       if eval_cfg is not None and config.train.eval_every and step % config.train.eval_every == 0:
         ev = evaluate(eval_jit, state, eval_cfg, config, mesh)
         writer.write(step, ev)
@@ -336,11 +343,20 @@ def train(config, workdir: str, *, config_file_diff: Mapping | None = None) -> d
     progress.close()
     for s, h in old_handlers.items():
       signal.signal(s, h)
-  if primary and not last.get("preempted"):
+  if primary and not last and step == start:
+    print(f"nothing to do: the run is at step {step} of train.steps={config.train.steps}", flush=True)
+  elif primary and not last.get("preempted"):
     print(f"done: step {step}, loss {last.get('loss', float('nan')):.4f}, "
           f"{time.perf_counter() - t_start:.0f}s total", flush=True)
   last["step"] = step
   return last
+
+
+def _any_host(signum):
+  """The signal number any process received (0 for none), agreed by all processes."""
+  from jax.experimental import multihost_utils
+  got = multihost_utils.process_allgather(np.asarray(signum or 0, np.int32))
+  return int(np.max(got)) or None
 
 
 def _trainable_parts(setup, model) -> dict:
