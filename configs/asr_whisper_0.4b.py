@@ -17,21 +17,11 @@ Expected files (all local):
     python train.py --config configs/asr_whisper_0.4b.py --workdir runs/asr_whisper_0.4b --config.data.root=/data
 """
 
-import importlib.util
-import os
-
-
-def _sibling(name):
-  """configs/<name>.py, loaded by path (configs are files, not a package; any working directory works)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_modrwkv_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from modrwkv_jax.training.config import sibling
 
 
 def get_config():
-  common = _sibling("common")
+  common = sibling(__file__, "common")
   audio = dict(
       encoder="whisper",
       encoder_config=dict(num_mel_bins=80, d_model=1024, encoder_layers=24, encoder_attention_heads=16,

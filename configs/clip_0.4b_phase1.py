@@ -14,21 +14,11 @@ Expected files (all local):
         --config.data.root=/data/llava
 """
 
-import importlib.util
-import os
-
-
-def _sibling(name):
-  """configs/<name>.py, loaded by path (configs are files, not a package; any working directory works)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_modrwkv_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from modrwkv_jax.training.config import sibling
 
 
 def get_config():
-  common = _sibling("common")
+  common = sibling(__file__, "common")
   c = common.vision_recipe("0.4B", phase=1)
   c.name = "clip_0.4b_phase1"
   c.model.modalities.image = dict(

@@ -6,14 +6,8 @@ what differs; `asr_recipe` does the same for the two LibriSpeech configs. Config
 path (`load_config_file`), not as a package, so a config reaches this file (or another config) by its
 path next to its own, which works from any working directory:
 
-    import importlib.util, os
-    def _sibling(name):
-      path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-      spec = importlib.util.spec_from_file_location(f"_modrwkv_configs_{name}", path)
-      module = importlib.util.module_from_spec(spec)
-      spec.loader.exec_module(module)
-      return module
-    common = _sibling("common")
+    from modrwkv_jax.training.config import sibling
+    common = sibling(__file__, "common")
 
 Weights are read from local paths only (README "Training on real weights"): the defaults below are
 relative to the working directory, under `weights/`; point elsewhere with

@@ -14,21 +14,11 @@ Expected files: {data.root}/LLaVA-Instruct/llava_v1_5_mix665k.json + images, wei
 weights/siglip2-base-patch16-384/ (as the full phase-II config).
 """
 
-import importlib.util
-import os
-
-
-def _sibling(name):
-  """configs/<name>.py, loaded by path (configs are files, not a package; any working directory works)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_modrwkv_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from modrwkv_jax.training.config import sibling
 
 
 def get_config():
-  c = _sibling("common").vision_recipe("0.4B", phase=2)
+  c = sibling(__file__, "common").vision_recipe("0.4B", phase=2)
   c.name = "lora_phase2"
   c.model.peft.method = "lora"
   c.model.peft.r = 64

@@ -20,18 +20,8 @@ Expected files (all local; nothing is downloaded):
         --config.init.from_checkpoint=runs/modrwkv_1.5b_siglip2_phase1/checkpoints
 """
 
-import importlib.util
-import os
-
-
-def _sibling(name):
-  """configs/<name>.py, loaded by path (configs are files, not a package; any working directory works)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_modrwkv_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from modrwkv_jax.training.config import sibling
 
 
 def get_config():
-  return _sibling("common").vision_recipe("1.5B", phase=2)
+  return sibling(__file__, "common").vision_recipe("1.5B", phase=2)

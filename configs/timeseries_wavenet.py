@@ -24,20 +24,7 @@ Expected files (all local):
     python train.py --config configs/timeseries_wavenet.py --workdir runs/timeseries_wavenet --config.data.root=/data
 """
 
-import importlib.util
-import os
-
-from modrwkv_jax.training.config import base_config
-
-
-def _sibling(name):
-  """configs/<name>.py, loaded by path (configs are files, not a package; any working directory works)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_modrwkv_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
+from modrwkv_jax.training.config import base_config, sibling
 
 LOOKBACK, HORIZON = 720, 96  # DESIGN §3
 TRAIN_WINDOWS = 8640 - LOOKBACK - HORIZON + 1  # 7,825 (first 14,400 rows, 60 % train)
@@ -45,7 +32,7 @@ BATCH = 32
 
 
 def get_config():
-  common = _sibling("common")
+  common = sibling(__file__, "common")
   c = base_config()
   c.name = "timeseries_wavenet"
   c.seed = 0

@@ -137,14 +137,28 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   """Runs `get_config()` of a config file (a Python file the user wrote: configs are code by design)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--config {path}: no such file")
-  spec = importlib.util.spec_from_file_location(f"_modrwkv_config_{abs(hash(path))}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = _load_module(path)
   if not hasattr(module, "get_config"):
     raise ValueError(f"--config {path}: the file defines no get_config()")
   config = module.get_config()
   check_schema(config, source=path)
   return config
+
+
+def _load_module(path: str):
+  spec = importlib.util.spec_from_file_location(f"_modrwkv_config_{abs(hash(os.path.abspath(path)))}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def sibling(file: str, name: str):
+  """The config module `name`.py next to `file` (a config's `__file__`): configs are loaded by path, not
+  as a package, so `sibling(__file__, "common")` shares code between them from any working directory."""
+  path = os.path.join(os.path.dirname(os.path.abspath(file)), f"{name}.py")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{file}: no config module {name!r} next to it ({path})")
+  return _load_module(path)
 
 
 def _flat(d: Mapping, prefix: str = "") -> dict[str, Any]:

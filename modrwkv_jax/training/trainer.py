@@ -314,6 +314,7 @@ def train(config, workdir: str, *, config_file_diff: Mapping | None = None) -> d
           row.update(step_time=dt, tokens_per_sec=tokens_since / steps_since / dt,
                      mfu=flops_lib.mfu(flops_per_step, dt, jax.device_count(), peak) if peak else None)
         row["skipped_records"] = train_it.skipped
+        row = {k: v for k, v in row.items() if v is not None}  # e.g. mfu on a device without a known peak
         t_log, tokens_since, steps_since = time.perf_counter(), 0, 0
         writer.write(step, row)
         progress.update(step, loss=row["loss"], tokens_per_sec=row.get("tokens_per_sec"))
