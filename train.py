@@ -82,8 +82,9 @@ def main(argv=None) -> int:
       print(f"  per device: arguments {gib(report['argument_size_in_bytes']):.2f} GiB, outputs "
             f"{gib(report['output_size_in_bytes']):.2f} GiB (aliased {gib(report['alias_size_in_bytes']):.2f}), "
             f"temporaries {gib(report['temp_size_in_bytes']):.2f} GiB -> peak {gib(report['peak_bytes_per_device']):.2f} GiB")
+    print(f"  model FLOPs per step (all devices, frozen parts without backward): {report['model_flops_per_step']:.3e}")
     if report.get("flops_per_step_xla"):
-      print(f"  XLA FLOPs per step per device: {report['flops_per_step_xla']:.3e}")
+      print(f"  XLA's FLOP count per device (a scanned loop's body counted once): {report['flops_per_step_xla']:.3e}")
     return 0
 
   _init_distributed(args)

@@ -480,7 +480,11 @@ def compile_only(config) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   counts = setup.counts()
+  from modrwkv_jax.training import flops as flops_lib
+  model_flops = flops_lib.step_flops(setup.model, _batch_shape(batch, setup.model), _trainable_parts(setup, setup.model),
+                                     peft_config=setup.peft)["total"]
   out = {"mesh": dict(mesh.shape), "devices": jax.device_count(), "compile_seconds": seconds,
+         "model_flops_per_step": model_flops,
          "params_total": sum(t for t, _ in counts.values()), "params_trainable": sum(n for _, n in counts.values()),
          "flops_per_step_xla": float(cost.get("flops", float("nan"))) if cost else None}
   if mem is not None:
