@@ -292,6 +292,16 @@ def test_forecasting_head_predicts_in_revin_units():
   value, metrics = modrwkv.forecast_loss(cfg, p, batch)
   np.testing.assert_allclose(value, np.mean((np.asarray(pred) - (target[:, 0] - mean) / std) ** 2), rtol=1e-4)
   np.testing.assert_allclose(metrics["mae"], np.mean(np.abs(np.asarray(pred_units) - target[:, 0])), rtol=1e-4)
+  # Only rows that hold a series and target steps marked real count: a mixed batch, a padding row.
+  masked = dict(batch, series_count=np.asarray([1, 0], np.int32),
+                target_mask=np.asarray([[[True, True, False]], [[True, True, True]]]))
+  value, metrics = modrwkv.forecast_loss(cfg, p, masked)
+  err = (np.asarray(pred) - (target[:, 0] - mean) / std) ** 2
+  np.testing.assert_allclose(value, err[0, :2].mean(), rtol=1e-4)
+  assert int(metrics["values"]) == 2
+  assert float(modrwkv.forecast_loss(cfg, p, dict(batch, series_count=np.zeros(2, np.int32)))[0]) == 0.0
+  with pytest.raises(ValueError, match="forecast_horizon is 3"):
+    modrwkv.forecast_loss(cfg, p, dict(batch, target=np.zeros((2, 1, 5), np.float32)))
   with pytest.raises(ValueError, match="forecast_horizon = 0"):
     modrwkv.forecast(CONFIG, p, batch)
 
