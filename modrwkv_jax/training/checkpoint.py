@@ -16,19 +16,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-import jax
 import orbax.checkpoint as ocp
 
 
 def manager(workdir: str, *, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+  """The manager of `workdir/checkpoints` (`workdir` may also be that folder or one of its step folders)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
                                          enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")) if not _is_ckpt_root(workdir)
-                               else os.path.abspath(workdir), options=options)
-
-
-def _is_ckpt_root(path: str) -> bool:
-  return os.path.basename(os.path.normpath(path)) == "checkpoints"
+  return ocp.CheckpointManager(os.path.join(run_folder(workdir), "checkpoints"), options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Mapping, data_state: Mapping, meta: Mapping,
@@ -57,9 +52,5 @@ def run_folder(path: str) -> str:
 
 def wait(mngr: ocp.CheckpointManager) -> None:
   mngr.wait_until_finished()
-
-
-def latest_step(mngr: ocp.CheckpointManager):
-  return mngr.latest_step()
 
 
