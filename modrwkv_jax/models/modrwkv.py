@@ -285,6 +285,18 @@ def forecast(config: ModRWKVConfig, params: Mapping, batch: Mapping):
   return pred, pred * std + mean
 
 
+def forecast_target_mask(batch: Mapping):
+  """bool[B, horizon]: the target values that count (`target_mask` of each example's first series item, on
+  rows that hold a series); known before any forward pass, so accumulation can count them up front."""
+  target = batch["target"]
+  valid = jnp.ones((target.shape[0], target.shape[2]), bool)
+  if "target_mask" in batch:
+    valid = jnp.asarray(batch["target_mask"], bool)[:, 0]
+  if "series_count" in batch:
+    valid = valid & (jnp.asarray(batch["series_count"])[:, None] > 0)
+  return valid
+
+
 def forecast_loss_terms(config: ModRWKVConfig, params: Mapping, batch: Mapping):
   """Summed squared error (RevIN units) over the real target values and their count: the terms that
   gradient accumulation and multi-host averaging add up before dividing once.
@@ -301,11 +313,7 @@ def forecast_loss_terms(config: ModRWKVConfig, params: Mapping, batch: Mapping):
   if target.shape[-1] != config.forecast_horizon:
     raise ValueError(f"forecast: the batch's targets have {target.shape[-1]} steps; forecast_horizon is "
                      f"{config.forecast_horizon} (set data.series.horizon / the source's horizon to match)")
-  valid = jnp.ones(target.shape, bool)
-  if "target_mask" in batch:
-    valid = jnp.asarray(batch["target_mask"], bool)[:, 0]
-  if "series_count" in batch:
-    valid = valid & (jnp.asarray(batch["series_count"])[:, None] > 0)
+  valid = forecast_target_mask(batch)
   mean, std = _series_stats(batch)
   se = jnp.where(valid, jnp.square(pred - (target - mean) / std), 0.0).sum()
   se_units = jnp.where(valid, jnp.square(pred_units - target), 0.0).sum()
@@ -464,17 +472,19 @@ def load_projectors(path: str | os.PathLike, config: ModRWKVConfig) -> dict:
   return out
 
 
-def load(config: ModRWKVConfig, rwkv_path: str | os.PathLike, encoder_paths: Mapping[str, str] | None = None,
+def load(config: ModRWKVConfig, rwkv_path: str | os.PathLike | None, encoder_paths: Mapping[str, str] | None = None,
          projector_path: str | os.PathLike | None = None, *, key: jax.Array | None = None, mesh=None) -> dict:
   """Assembles params from files, initialising only what no file provides.
 
-  RWKV-7 from an official `.pth` (checked against config.rwkv, in its layout), each encoder from its
+  RWKV-7 from an official `.pth` (checked against config.rwkv, in its layout; None: initialised), each encoder from its
   HF snapshot folder (`load_hf`, checked against the configured encoder), projectors and the
   forecasting head from `save_projectors` output. Parts without a file (encoders not in
   `encoder_paths`, projectors without `projector_path`) are freshly initialised; nothing that is
   loaded is initialised first. With `mesh`, every leaf is placed on its sharding.
   """
-  params = {"rwkv": rwkv7.load_pth(rwkv_path, config.rwkv, mesh=mesh)[1], "encoders": {}, "projectors": {}}
+  params = {"encoders": {}, "projectors": {}}
+  if rwkv_path is not None:
+    params["rwkv"] = rwkv7.load_pth(rwkv_path, config.rwkv, mesh=mesh)[1]
   for name, path in (encoder_paths or {}).items():
     m = config.modality(name)
     module = _encoder_module(m)
@@ -486,11 +496,13 @@ def load(config: ModRWKVConfig, rwkv_path: str | os.PathLike, encoder_paths: Map
       raise ValueError(f"{path}: the snapshot's {m.encoder} config {enc_config} differs from the configured one "
                        f"{m.encoder_config}")
     params["encoders"][name] = enc_params
-  skip = ("rwkv",) + tuple(f"encoders/{n}" for n in params["encoders"])
+  skip = (("rwkv",) if rwkv_path is not None else ()) + tuple(f"encoders/{n}" for n in params["encoders"])
   if projector_path is not None:
     skip += ("projectors",)
   fresh = _init_fresh(config, key if key is not None else jax.random.key(0), None, skip, mesh)
   params["encoders"].update(fresh["encoders"])
+  if rwkv_path is None:
+    params["rwkv"] = fresh["rwkv"]
   if projector_path is not None:
     params.update(load_projectors(projector_path, config))
   else:

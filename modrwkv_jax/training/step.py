@@ -52,12 +52,7 @@ def counts(batch: Mapping, model: modrwkv.ModRWKVConfig) -> tuple[jax.Array, jax
   n_tok = (jnp.asarray(batch["labels"]) >= 0).sum().astype(jnp.int32)
   n_val = jnp.zeros((), jnp.int32)
   if model.forecast_horizon and "target" in batch:
-    valid = jnp.ones(batch["target"].shape[:1] + batch["target"].shape[2:3], bool)
-    if "target_mask" in batch:
-      valid = batch["target_mask"][:, 0]
-    if "series_count" in batch:
-      valid = valid & (batch["series_count"][:, None] > 0)
-    n_val = valid.sum().astype(jnp.int32)
+    n_val = modrwkv.forecast_target_mask(batch).sum().astype(jnp.int32)
   return n_tok, n_val
 
 

@@ -70,26 +70,17 @@ def abstract_params(model, peft_config, mesh):
 
 
 def init_params(config, model, peft_config, mesh) -> dict:
-  """Pretrained files where the config names them, fresh (seeded) parameters for the rest."""
+  """Pretrained files where the config names them (`modrwkv.load`), fresh seeded parameters for the rest,
+  PEFT adapters on top; every leaf on its sharding."""
   key = jax.random.key(config.seed)
-  if config.init.rwkv_pth:
+  if config.init.rwkv_pth or len(config.init.encoder_hf) or config.init.projectors:
     params = modrwkv.load(model, config.init.rwkv_pth, dict(config.init.encoder_hf), config.init.projectors,
                           key=key, mesh=mesh)
-    if peft_config is not None:
-      params["rwkv"], _ = peft.add_adapters(params["rwkv"], peft_config, jax.random.fold_in(key, 7))
-      shard = sharding.logical_to_mesh(modrwkv.param_logical_axes(model, peft_config), mesh)
-      params = jax.device_put(params, shard)
-    return params
-  encoders = {}
-  for name, path in config.init.encoder_hf.items():
-    m = model.modality(name)
-    module = modrwkv.ENCODERS[m.encoder][0]
-    opts = {k: getattr(m.encoder_config, k) for k in ("dtype", "scan_layers", "remat") if hasattr(m.encoder_config, k)}
-    _, encoders[name] = module.load_hf(path, mesh=mesh, **opts)
-  params = modrwkv.init_params(model, key, peft_config, mesh=mesh, encoder_params=encoders)
-  if config.init.projectors:
-    params.update(modrwkv.load_projectors(config.init.projectors, model))
-  return jax.device_put(params, sharding.logical_to_mesh(modrwkv.param_logical_axes(model, peft_config), mesh))
+    if peft_config is None:
+      return params
+    params["rwkv"], _ = peft.add_adapters(params["rwkv"], peft_config, jax.random.fold_in(key, 7))
+    return jax.device_put(params, sharding.logical_to_mesh(modrwkv.param_logical_axes(model, peft_config), mesh))
+  return modrwkv.init_params(model, key, peft_config, mesh=mesh)
 
 
 def state_shardings(abstract_state, param_shardings_flat: Mapping, mesh):
@@ -361,15 +352,12 @@ def _any_host(signum):
 
 
 def _trainable_parts(setup, model) -> dict:
-  mask = setup.mask
-  anyv = lambda t: any(jax.tree.leaves(t))
-  return {"rwkv": anyv({k: v for k, v in mask["rwkv"].items()}) and any(
-              v for kp, v in jax.tree_util.tree_leaves_with_path(mask["rwkv"])
-              if str(kp[-1].key) not in peft.adapters.ADAPTER_LEAVES),
-          "peft": any(v for kp, v in jax.tree_util.tree_leaves_with_path(mask["rwkv"])
-                      if str(kp[-1].key) in peft.adapters.TRAINABLE_LEAVES),
-          "encoders": {n: anyv(mask["encoders"].get(n, {})) for n, _ in model.modalities},
-          "projectors": anyv(mask.get("projectors", {})) or anyv(mask.get("forecast_head", {}))}
+  """Which parts train, as flops.step_flops takes it."""
+  paths = [optim_lib.path_str(kp) for kp, v in jax.tree_util.tree_leaves_with_path(setup.mask) if v]
+  selected = lambda group: any(optim_lib.GROUPS[group](p) for p in paths)
+  return {"rwkv": selected("rwkv"), "peft": selected("peft"),
+          "encoders": {n: any(p.startswith(f"encoders/{n}/") for p in paths) for n, _ in model.modalities},
+          "projectors": selected("adapter") or selected("head")}
 
 
 def _batch_shape(batch, model) -> dict:
