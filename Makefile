@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_rwkv7.py
 	$(PY) benchmarks/compile.py
 	$(PY) benchmarks/load.py
+	$(PY) benchmarks/train_step.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
