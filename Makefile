@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	# torch CPU first: 2.13.0 is the local CPU build; anything else pulls CUDA wheels.
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[test]"
+	# lmms-eval's API (model base class, Instance) for modrwkv_jax/evaluation/lmms.py and its test, without
+	# lmms-eval's ~50 dependencies (wandb, opencv, torchvision, ...), which the class does not use.
+	$(PY) -m pip install --no-deps "lmms-eval==0.7.3"
 	touch $(STAMP)
 
 # Two workers, one test file each at a time (module fixtures compile once per file): most of the

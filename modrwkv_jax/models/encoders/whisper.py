@@ -33,6 +33,8 @@ With `scan_layers` the blocks are one scanned `encoder.layers` (leading axis "la
 `load_hf(path)` reads a local snapshot of `WhisperForConditionalGeneration` / `WhisperModel`
 (`model.encoder.*` / `encoder.*`) or of an encoder alone (`conv1.weight` at the top), e.g.
 openai/whisper-small, -medium, -large-v3 (128 mel bins); no torch at run time.
+`load_ctranslate2(path)` reads the encoder of a CTranslate2 `model.bin` (faster-whisper's format, e.g.
+Systran/faster-whisper-base; see `whisper_base_offline` for the copy on PyPI) with no ctranslate2.
 """
 
 from __future__ import annotations
@@ -40,11 +42,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import struct
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 from modrwkv_jax.layers import Conv1d, layer_norm
@@ -325,5 +330,312 @@ def load_hf(path: str | os.PathLike, *, param_dtype=jnp.float32, mesh=None,
   snap = Snapshot(path)
   config = WhisperConfig.from_hf(snap.config, os.path.join(snap.path, "config.json"), **config_overrides)
   params = params_from_snapshot(snap, config)
+  axes = param_logical_axes(config) if mesh is not None else None
+  return config, hf_snapshot.to_device(params, param_dtype, mesh, axes)
+
+
+# ---------------------------------------------------------------------------------------------
+# CTranslate2 model.bin (faster-whisper's format), read without ctranslate2.
+#
+# The layout, as CTranslate2's writer (python/ctranslate2/specs/model_spec.py, ModelSpec._serialize)
+# and its reader (src/models/model.cc, Model::load) define it, little-endian (the writer packs in native
+# order, and every platform CTranslate2 ships for is little-endian):
+#   u32 binary version (6 since CTranslate2 3.0, before Whisper support: every Whisper conversion),
+#   str spec name ("WhisperSpec"), u32 spec revision (1 to 3 for Whisper; the encoder is the same in all),
+#   u32 n_vars, then per variable, in name order: str name, u8 ndim, u32 dims[ndim], u8 dtype id,
+#   u32 nbytes, nbytes of C-order data; then u32 n_aliases and (str alias, str target) pairs; nothing after.
+#   str: u16 length counting a trailing NUL, the UTF-8 bytes, the NUL.
+#   dtype ids: 0 float32, 1 int8, 2 int16, 3 int32, 4 float16, 5 bfloat16 (ctranslate2::DataType).
+# The converter replaces every variable equal to one earlier in name order by an alias of it, across the
+# whole model: in a freshly initialised model the encoder's LayerNorm gammas are aliases of a decoder
+# variable. Attributes are scalars (ndim 0): `encoder/num_heads` is an int16. Whisper's encoder
+# (WhisperEncoderSpec; torch layouts, a Linear weight is [out, in]):
+#   encoder/conv{1,2}/{weight [C, c_in, 3], bias [C]}, encoder/position_encodings/encodings [P, C],
+#   encoder/layer_{i}/self_attention/{layer_norm/{gamma, beta}, linear_0 (q, k, v fused: weight [3C, C],
+#   bias [3C], zeros for k), linear_1 (out)}, encoder/layer_{i}/ffn/{layer_norm, linear_0 [F, C],
+#   linear_1 [C, F]}, encoder/layer_norm/{gamma, beta}, encoder/num_heads.
+
+_CT2_BINARY_VERSION = 6
+_CT2_WHISPER_REVISIONS = (1, 2, 3)
+_CT2_DTYPES = {0: np.dtype("<f4"), 1: np.dtype("i1"), 2: np.dtype("<i2"), 3: np.dtype("<i4"), 4: np.dtype("<f2"),
+               5: np.dtype(ml_dtypes.bfloat16)}
+_CT2_DTYPE_NAMES = {0: "float32", 1: "int8", 2: "int16", 3: "int32", 4: "float16", 5: "bfloat16"}
+_CT2_FLOATS = (_CT2_DTYPES[0], _CT2_DTYPES[4], _CT2_DTYPES[5])
+# Bound on the entries a file can make us index: whisper-large-v3 has ~1,100 variables, an 80-layer LLM ~2,000.
+_CT2_MAX_ENTRIES = 1 << 16
+
+
+def _quote(name: str, limit: int = 80) -> str:
+  """repr(name), shortened: a name in a hostile file may be 65,534 bytes long."""
+  return repr(name) if len(name) <= limit else repr(name[:limit]) + f"... ({len(name)} characters)"
+
+
+class _Ct2Variable(NamedTuple):
+  offset: int  # of the data in the file
+  shape: tuple[int, ...]
+  type_id: int
+
+  @property
+  def dtype(self) -> np.dtype:
+    return _CT2_DTYPES[self.type_id]
+
+
+class _Ct2File:
+  """The index of a CTranslate2 model.bin (names, shapes, dtypes, data offsets, aliases); data is read
+  only for the variables `take` asks for. Every field is checked as it is parsed: a count or a size is
+  compared with the bytes left in the file before anything is skipped, stored or allocated."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.used: set[str] = set()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+
+      def read(n: int, what: str) -> bytes:
+        at = f.tell()
+        data = f.read(n)
+        if len(data) != n:
+          raise ValueError(f"{path}: truncated: {what} needs {n} bytes at offset {at}, but the file ends at "
+                           f"{size}; re-download or re-convert it")
+        return data
+
+      def uint(fmt: str, what: str) -> int:
+        return struct.unpack("<" + fmt, read(struct.calcsize(fmt), what))[0]
+
+      def string(what: str) -> str:
+        n = uint("H", f"the length of {what}")
+        raw = read(n, what)
+        if n == 0 or raw[-1] != 0 or 0 in raw[:-1]:
+          raise ValueError(f"{path}: {what} at offset {f.tell() - n} is not a NUL-terminated string of {n} "
+                           f"bytes ({raw[:60]!r}); the file is corrupt")
+        try:
+          return raw[:-1].decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise ValueError(f"{path}: {what} is not UTF-8 ({e}); the file is corrupt") from e
+
+      def count(what: str) -> int:
+        n = uint("I", f"the {what} count")
+        if n > _CT2_MAX_ENTRIES:
+          raise ValueError(f"{path}: the file declares {n} {what}s (at most {_CT2_MAX_ENTRIES} accepted); the "
+                           "file is corrupt or not a CTranslate2 model.bin")
+        return n
+
+      version = uint("I", "the binary version")
+      if version != _CT2_BINARY_VERSION:
+        raise ValueError(f"{path}: binary version {version}; this reader knows version {_CT2_BINARY_VERSION} "
+                         "(CTranslate2 3.0 to 4.x, every Whisper conversion): not a CTranslate2 model.bin, or "
+                         "one from another CTranslate2 release (re-convert it with ctranslate2 4.x)")
+      self.spec = string("the model spec name")
+      self.revision = uint("I", "the spec revision")
+      self.variables: dict[str, _Ct2Variable] = {}
+      previous = "the header"
+      for i in range(count("variable")):
+        name = string(f"the name of variable #{i} (after {previous})")
+        what = f"variable {_quote(name)}"
+        if name in self.variables:
+          raise ValueError(f"{path}: {what} appears twice; the file is corrupt")
+        ndim = uint("B", f"the rank of {what}")
+        shape = struct.unpack(f"<{ndim}I", read(4 * ndim, f"the shape of {what}"))
+        type_id = uint("B", f"the dtype of {what}")
+        if type_id not in _CT2_DTYPES:
+          raise ValueError(f"{path}: {what} has dtype id {type_id}; known ids: "
+                           f"{', '.join(f'{k} {v}' for k, v in _CT2_DTYPE_NAMES.items())}")
+        nbytes = uint("I", f"the byte count of {what}")
+        expected = math.prod(shape) * _CT2_DTYPES[type_id].itemsize  # Python ints: no overflow
+        if nbytes != expected:
+          raise ValueError(f"{path}: {what} declares {nbytes} bytes, but its shape {shape} of "
+                           f"{_CT2_DTYPE_NAMES[type_id]} needs {expected}; the file is corrupt")
+        offset = f.tell()
+        if offset + nbytes > size:
+          raise ValueError(f"{path}: truncated: {what} ({nbytes} bytes at offset {offset}) runs past the end of "
+                           f"the file ({size} bytes); re-download or re-convert it")
+        f.seek(nbytes, os.SEEK_CUR)
+        self.variables[name] = _Ct2Variable(offset, shape, type_id)
+        previous = _quote(name)
+      self.aliases: dict[str, str] = {}
+      for i in range(count("alias")):
+        alias = string(f"the name of alias #{i}")
+        target = string(f"the target of alias {_quote(alias)}")
+        if alias in self.variables or alias in self.aliases:
+          raise ValueError(f"{path}: alias {_quote(alias)} is also the name of a variable or another alias; the "
+                           "file is corrupt")
+        self.aliases[alias] = target
+      if f.tell() != size:
+        raise ValueError(f"{path}: {size - f.tell()} bytes after the last alias, where the file should end; "
+                         "the file is corrupt (or two files were joined)")
+
+  def resolve(self, name: str) -> str | None:
+    """The variable `name` denotes, following aliases (chains too, refusing cycles); None if no entry has
+    that name."""
+    chain = [name]
+    while chain[-1] not in self.variables:
+      if chain[-1] not in self.aliases:
+        if len(chain) == 1:
+          return None
+        raise ValueError(f"{self.path}: alias {' -> '.join(map(_quote, chain))} leads to no variable; the file "
+                         "is corrupt")
+      target = self.aliases[chain[-1]]
+      if target in chain:
+        raise ValueError(f"{self.path}: aliases form a cycle {' -> '.join(map(_quote, chain + [target]))}; the "
+                         "file is corrupt")
+      chain.append(target)
+    return chain[-1]
+
+  def _entry(self, name: str) -> tuple[_Ct2Variable, str]:
+    target = self.resolve(name)
+    if target is None:
+      raise ValueError(f"{self.path}: no variable {_quote(name)} (nor an alias of that name), which every "
+                       "CTranslate2 Whisper model.bin has; is this another model, or a truncated conversion?")
+    self.used.add(name)
+    return self.variables[target], "" if target == name else f" (an alias of {_quote(target)})"
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return self._entry(name)[0].shape
+
+  def _data(self, var: _Ct2Variable, what: str) -> np.ndarray:
+    nbytes = math.prod(var.shape) * var.dtype.itemsize
+    with open(self.path, "rb") as f:
+      f.seek(var.offset)
+      raw = f.read(nbytes)
+    if len(raw) != nbytes:
+      raise ValueError(f"{self.path}: {what}: the file changed while it was read (truncated)")
+    return np.frombuffer(raw, var.dtype).reshape(var.shape)
+
+  def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The float variable `name` (aliases followed) in the file's dtype, checked against `shape`."""
+    var, via = self._entry(name)
+    if var.shape != tuple(shape):
+      raise ValueError(f"{self.path}: variable {_quote(name)}{via} has shape {var.shape}; expected {tuple(shape)} "
+                       "from the sizes of encoder/conv1/weight, ffn/linear_0 and position_encodings")
+    if var.dtype not in _CT2_FLOATS:
+      raise ValueError(f"{self.path}: variable {_quote(name)}{via} is {_CT2_DTYPE_NAMES[var.type_id]} (a quantized "
+                       "conversion); this reader takes float32, float16 or bfloat16 weights: convert with "
+                       "--quantization float16 (or float32)")
+    return self._data(var, f"variable {_quote(name)}")
+
+  def int_scalar(self, name: str) -> int | None:
+    """The integer attribute `name` (a 0-d int8/16/32 variable), or None when the file has none."""
+    if self.resolve(name) is None:
+      return None
+    var, via = self._entry(name)
+    if var.shape != () or var.dtype.kind != "i":
+      raise ValueError(f"{self.path}: variable {_quote(name)}{via} is {_CT2_DTYPE_NAMES[var.type_id]}{var.shape}; "
+                       "expected an integer scalar")
+    return int(self._data(var, f"variable {_quote(name)}")[()])
+
+  def check_all_used(self, prefix: str) -> None:
+    left = sorted(n for n in (*self.variables, *self.aliases) if n.startswith(prefix) and n not in self.used)
+    if left:
+      raise ValueError(f"{self.path}: {len(left)} unexpected variables under {prefix!r}, e.g. "
+                       f"{', '.join(map(_quote, left[:5]))}; this reader knows the Whisper encoder of CTranslate2's "
+                       "WhisperSpec revisions 1-3 (float weights)")
+
+
+def _ct2_config(ct2: _Ct2File, num_heads: int | None, overrides: Mapping) -> WhisperConfig:
+  """The encoder sizes, from the shapes of the file's variables and its `encoder/num_heads`."""
+  conv1 = ct2.shape("encoder/conv1/weight")
+  if len(conv1) != 3 or conv1[2] != 3:
+    raise ValueError(f"{ct2.path}: variable 'encoder/conv1/weight' has shape {conv1}; expected "
+                     "[d_model, n_mels, 3]")
+  layers = 0
+  while ct2.resolve(f"encoder/layer_{layers}/self_attention/linear_0/weight") is not None:
+    layers += 1
+  if layers == 0:
+    raise ValueError(f"{ct2.path}: no variable 'encoder/layer_0/self_attention/linear_0/weight'; a Whisper "
+                     "encoder has at least one layer")
+  ffn = ct2.shape("encoder/layer_0/ffn/linear_0/weight")
+  positions = ct2.shape("encoder/position_encodings/encodings")
+  for name, shape in (("encoder/layer_0/ffn/linear_0/weight", ffn),
+                      ("encoder/position_encodings/encodings", positions)):
+    if len(shape) != 2:
+      raise ValueError(f"{ct2.path}: variable {name!r} has shape {shape}; expected a matrix")
+  stored = ct2.int_scalar("encoder/num_heads")
+  if num_heads is not None and stored is not None and num_heads != stored:
+    raise ValueError(f"{ct2.path}: variable 'encoder/num_heads' is {stored}, but num_heads={num_heads} was passed")
+  heads = stored if num_heads is None else num_heads
+  if heads is None:
+    raise ValueError(f"{ct2.path}: no variable 'encoder/num_heads' (CTranslate2 then assumes 8); pass "
+                     "num_heads= with the model's encoder_attention_heads")
+  try:
+    return WhisperConfig(num_mel_bins=conv1[1], d_model=conv1[0], encoder_layers=layers,
+                         encoder_attention_heads=heads, encoder_ffn_dim=ffn[0], max_source_positions=positions[0],
+                         activation="gelu", **overrides)
+  except ValueError as e:
+    raise ValueError(f"{ct2.path}: {e}") from e
+
+
+def _ct2_params(ct2: _Ct2File, config: WhisperConfig) -> dict:
+  """The encoder's params (numpy, the file's dtype, the layout `config.scan_layers` asks for)."""
+  C, M, P, F = config.d_model, config.num_mel_bins, config.max_source_positions, config.encoder_ffn_dim
+  take = ct2.take
+
+  def conv(name, c_in):
+    return {"kernel": np.ascontiguousarray(take(f"encoder/{name}/weight", (C, c_in, 3)).transpose(2, 1, 0)),
+            "bias": take(f"encoder/{name}/bias", (C,))}
+
+  def dense(name, d_in, d_out):
+    return {"kernel": np.ascontiguousarray(take(f"{name}/weight", (d_out, d_in)).T),
+            "bias": take(f"{name}/bias", (d_out,))}
+
+  def norm(name):
+    return {"scale": take(f"{name}/gamma", (C,)), "bias": take(f"{name}/beta", (C,))}
+
+  def layer(i):
+    p = f"encoder/layer_{i}/"
+    qkv = take(p + "self_attention/linear_0/weight", (3 * C, C))
+    qkv_bias = take(p + "self_attention/linear_0/bias", (3 * C,))
+    q, k, v = (np.ascontiguousarray(qkv[j * C:(j + 1) * C].T) for j in range(3))
+    # The k third of the bias (zeros: Whisper's k_proj has none) is dropped. That is exact for any value:
+    # a key bias adds q·b_k to every logit of one query alike, and softmax ignores a common shift.
+    return {
+        "layer_norm1": norm(p + "self_attention/layer_norm"),
+        "self_attn": {"q_proj": {"kernel": q, "bias": qkv_bias[:C]}, "k_proj": {"kernel": k},
+                      "v_proj": {"kernel": v, "bias": qkv_bias[2 * C:]},
+                      "out_proj": dense(p + "self_attention/linear_1", C, C)},
+        "layer_norm2": norm(p + "ffn/layer_norm"),
+        "mlp": {"fc1": dense(p + "ffn/linear_0", C, F), "fc2": dense(p + "ffn/linear_1", F, C)},
+    }
+
+  params = {
+      "conv1": conv("conv1", M),
+      "conv2": conv("conv2", C),
+      "embed_positions": take("encoder/position_encodings/encodings", (P, C)),
+      "encoder": {f"layers_{i}": layer(i) for i in range(config.encoder_layers)},
+      "layer_norm": norm("encoder/layer_norm"),
+  }
+  ct2.check_all_used("encoder/")
+  return transformer.stack_layers(params) if config.scan_layers else params
+
+
+def load_ctranslate2(path: str | os.PathLike, *, param_dtype=jnp.float32, mesh=None, num_heads: int | None = None,
+                     **config_overrides) -> tuple[WhisperConfig, dict]:
+  """Reads the Whisper encoder from a CTranslate2 `model.bin` (a faster-whisper model), without ctranslate2.
+
+  Only the encoder's variables are read (and the decoder variables they are aliases of); float32,
+  float16 and bfloat16 conversions load, quantized ones (int8, int16) are refused. The sizes come from
+  the variables' shapes and `encoder/num_heads` (CTranslate2's config.json does not hold them).
+  Args:
+    path: the model.bin, or the folder holding it.
+    param_dtype: dtype of the returned parameters (float16 weights become float32 by default).
+    mesh: None, or a ("data", "fsdp", "tensor") Mesh, as in `load_hf`.
+    num_heads: the encoder's attention heads, for a file without `encoder/num_heads` (must agree
+      with it otherwise).
+    config_overrides: non-size fields, e.g. dtype="bfloat16", scan_layers=True, remat="block".
+  Returns (config, params) with params a nested dict of `param_dtype` arrays, as `load_hf` returns.
+  Raises ValueError naming the file and the variable for a corrupt, truncated or foreign file.
+  """
+  file = os.fspath(path)
+  if os.path.isdir(file):
+    file = os.path.join(file, "model.bin")
+  if not os.path.isfile(file):
+    raise FileNotFoundError(f"{file}: no such file (a CTranslate2 model folder holds model.bin)")
+  ct2 = _Ct2File(file)
+  if ct2.spec != "WhisperSpec":
+    raise ValueError(f"{file}: the model spec is {_quote(ct2.spec)}; expected 'WhisperSpec' (a Whisper conversion)")
+  if ct2.revision not in _CT2_WHISPER_REVISIONS:
+    raise ValueError(f"{file}: WhisperSpec revision {ct2.revision}; this reader knows revisions "
+                     f"{_CT2_WHISPER_REVISIONS} (CTranslate2 3.0 to 4.x)")
+  config = _ct2_config(ct2, num_heads, config_overrides)
+  params = _ct2_params(ct2, config)
   axes = param_logical_axes(config) if mesh is not None else None
   return config, hf_snapshot.to_device(params, param_dtype, mesh, axes)
