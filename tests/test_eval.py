@@ -129,8 +129,8 @@ def _metrics(out):
 
 
 def test_batched_generation_equals_one_by_one(setup):
-  """A batch of prompts of different lengths and modalities (right-padded) gives the tokens each prompt
-  gives alone and unpadded."""
+  """A batch of prompts of different lengths and modalities (right-padded to the longest) gives the tokens
+  each prompt gives alone (test_generate.py checks that padding on either side never changes an answer)."""
   task = tasks.make_task("demo", setup["config"])
   qs = [q for q in task.questions() if isinstance(q, tasks.Question) and q.meta["kind"] != "forecast"]
   llava = [q for q in qs if q.meta["kind"] == "llava"]

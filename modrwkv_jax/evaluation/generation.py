@@ -25,7 +25,6 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from modrwkv_jax import generate as gen
@@ -177,13 +176,7 @@ class BatchGenerator:
 
 def generate_one_by_one(model, params, pipeline, prepared: Sequence[transforms.Prepared], *,
                         max_new_tokens: int) -> list[Answer]:
-  """The unbatched reference: each prompt alone, unpadded (the embeddings of its real positions only)."""
-  g = BatchGenerator(model, params, pipeline, max_new_tokens=max_new_tokens, batch_size=1)
-  out = []
-  for p in prepared:
-    batch = transforms.collate([p], dataclasses.replace(pipeline, pad_multiple=1, length_buckets=()))
-    x, _, _ = _embed(model, params, _model_batch(batch))
-    rows, _ = gen.generate(model.rwkv, params["rwkv"], embeddings=jnp.asarray(x), max_new_tokens=max_new_tokens,
-                           stop_token=g.stop_token)
-    out.append(g._answer(rows[0]))
-  return out
+  """The reference for batching: each prompt alone in a batch of one (padded to its length bucket, the
+  same compiled shape for all), so no other row's items or padding can reach it."""
+  g = BatchGenerator(model, params, pipeline.replace(batch_size=1), max_new_tokens=max_new_tokens, batch_size=1)
+  return [g([p])[0] for p in prepared]
