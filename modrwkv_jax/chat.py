@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from modrwkv_jax import generate as gen
+from modrwkv_jax.data.image import NaFlexPatches
 from modrwkv_jax.models import modrwkv, rwkv7
 from modrwkv_jax.tokenizer import TURN_END_ID, world_tokenizer
 
@@ -32,13 +33,19 @@ def user_turn_ids(tokenizer, text: str) -> list[int]:
   return tokenizer.encode(f"\x16User: {text}\x17") + tokenizer.encode("\x16Assistant:")
 
 
-def modality_tokens(config: modrwkv.ModRWKVConfig, params: Mapping, name: str, inputs, mask=None):
-  """One item's real modality tokens: float32[L_real, D] (inputs without a batch axis), checked first."""
+def modality_tokens(config: modrwkv.ModRWKVConfig, params: Mapping, name: str, inputs, mask=None,
+                    spatial_shape=None):
+  """One item's real modality tokens: float32[L_real, D] (inputs without a batch axis), checked first.
+
+  spatial_shape: (rows, cols) of a SigLIP2 NaFlex image's real patches (inputs are then its patches
+  float[max_num_patches, p·p·3] and mask their bool[max_num_patches] mask), else None.
+  """
+  shapes = None if spatial_shape is None else np.asarray([spatial_shape], np.int32)
   modrwkv.check_items(config, name, np.asarray(inputs, np.float32)[None],
-                      None if mask is None else np.asarray(mask, bool)[None])
+                      None if mask is None else np.asarray(mask, bool)[None], shapes)
   x = jnp.asarray(inputs, jnp.float32)[None]
   m = None if mask is None else jnp.asarray(mask, bool)[None]
-  tokens, token_mask = _encode(config, params, name, x, m)
+  tokens, token_mask = _encode(config, params, name, x, m, None if shapes is None else jnp.asarray(shapes))
   return tokens[0][np.asarray(token_mask[0])]
 
 
@@ -51,7 +58,14 @@ class Chat:
   Args:
     config, params: the ModRWKV model (`modrwkv.load` / `init_params`).
     preprocess: per modality, a callable from what the user passes (path, PIL image, waveform, ...)
-      to the encoder input (array, or (array, mask)). Without one, arrays are passed through.
+      to the encoder input. Without one, arrays are passed through. It returns, per modality:
+        image: float32[H, W, 3] pixels (SigLIP, CLIP: `data.image.preprocess`), or the
+          `data.image.NaFlexPatches` that `data.image.preprocess` gives for a SigLIP2 NaFlex processor;
+        audio: Whisper log-mel float32[F, n_mels] with its frame mask bool[F] as a tuple (features,
+          mask) (`data.audio.whisper_features` of one clip, row 0), or for WavLM the normalised samples
+          float32[S] with their mask bool[S] (`data.audio.wav2vec2_inputs`);
+        series: float32[L] (or [L, C]) raw values, optionally with a bool[L] mask; the encoder
+          normalises them itself (RevIN).
     sampling: keyword arguments of `generate.generate` (temperature, top_p, top_k, penalties,
       max_new_tokens, seed); greedy with at most 500 new tokens by default, as in the paper.
   """
@@ -74,6 +88,10 @@ class Chat:
     for name, value in items.items():
       self.config.modality(name)  # clear error if no encoder is configured for it
       value = self.preprocess[name](value) if name in self.preprocess else value
+      if isinstance(value, NaFlexPatches):  # SigLIP2 NaFlex: patches, their mask and the patch grid
+        out.append(modality_tokens(self.config, self.params, name, value.pixel_values, value.pixel_attention_mask,
+                                   value.spatial_shape))
+        continue
       inputs, mask = value if isinstance(value, tuple) else (value, None)
       out.append(modality_tokens(self.config, self.params, name, inputs, mask))
     return out
