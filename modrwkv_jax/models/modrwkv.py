@@ -208,9 +208,13 @@ def embed_inputs(config: ModRWKVConfig, params: Mapping, batch: Mapping):
 
 
 def forward(config: ModRWKVConfig, params: Mapping, batch: Mapping, state: rwkv7.RWKV7State | None = None):
-  """(logits float32[B, T, V], RWKV7State) of a batch; ln0 applies to modality tokens too (paper)."""
+  """(logits float32[B, T, V], RWKV7State) of a batch; ln0 applies to modality tokens too (paper).
+
+  A packed batch carries `segment_ids` int32[B, T] (examples 1, 2, ... per row, 0 at padding): each
+  example then runs as if alone (token shift and WKV state restart; see `rwkv7.forward`)."""
   x, mask, _ = embed_inputs(config, params, batch)
-  return rwkv7.forward(config.rwkv, params["rwkv"], state=state, embeddings=x, mask=mask)
+  return rwkv7.forward(config.rwkv, params["rwkv"], state=state, embeddings=x, mask=mask,
+                       segment_ids=batch.get("segment_ids"))
 
 
 def loss_terms(config: ModRWKVConfig, params: Mapping, batch: Mapping):

@@ -12,6 +12,12 @@ as `x @ A`. Every parameter carries logical axis names (see `param_logical_axes`
 
 Numerics: matmuls run in `config.dtype` with float32 accumulation; LayerNorm / GroupNorm
 statistics, the decay, the in-context rate, the WKV state and the logits are float32.
+
+Packed rows (`segment_ids`): several examples in one row compute exactly what each computes alone.
+Only two things mix tokens, and both restart at a segment's first token: the token shifts of TimeMix
+and ChannelMix (the previous token is zeros there, except in the row's first segment, which reads the
+carried shift state) and the WKV state (zero at a segment start, `ops.wkv7(segment_ids=...)`).
+Everything else (projections, the value residual v_first of layer 0, ln_x, the bonus) is per token.
 """
 
 from __future__ import annotations
@@ -194,21 +200,44 @@ def shift_indices(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
   return prev, last_upto[:, -1]
 
 
-def token_shift(x, shift_state, indices=None):
-  """prev(x)_t = x of the previous real position (shift_state before the first).
+def segment_starts(segment_ids: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """Where a packed row starts a new example, skipping padding.
+
+  Args:
+    segment_ids: int[B, T], examples numbered 1, 2, ... left to right (padding: 0, ignored).
+    mask: bool[B, T], True at real tokens, or None (every position is real).
+  Returns:
+    bool[B, T]: True at a real token whose id differs from the previous real token's id. The row's
+    first real token is never a start: its segment continues from the incoming state, and padding
+    (before, between or after segments, whatever its id) never starts or ends anything.
+  """
+  if mask is None:
+    return jnp.concatenate([jnp.zeros_like(segment_ids[:, :1], bool),
+                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  prev, _ = shift_indices(mask)
+  prev_id = jnp.take_along_axis(segment_ids, jnp.maximum(prev, 0), axis=1)
+  return mask & (prev >= 0) & (segment_ids != prev_id)
+
+
+def token_shift(x, shift_state, indices=None, starts=None):
+  """prev(x)_t = x of the previous real position (shift_state before the first; zeros at a segment start).
 
   Args:
     x: float[B, T, D]; shift_state: float[B, D]; indices: `shift_indices(mask)` or None (no padding).
+    starts: `segment_starts(...)` bool[B, T] or None (one segment per row).
   Returns:
     (prev float[B, T, D], new_shift_state float[B, D]).
   """
   shift_state = shift_state.astype(x.dtype)
   if indices is None:
-    return jnp.concatenate([shift_state[:, None], x[:, :-1]], axis=1), x[:, -1]
-  prev_idx, last_idx = indices
-  ext = jnp.concatenate([shift_state[:, None], x], axis=1)  # [B, 1 + T, D]; index 0 = carried state
-  prev = jnp.take_along_axis(ext, (prev_idx + 1)[:, :, None], axis=1)
-  last = jnp.take_along_axis(ext, (last_idx + 1)[:, None, None], axis=1)[:, 0]
+    prev, last = jnp.concatenate([shift_state[:, None], x[:, :-1]], axis=1), x[:, -1]
+  else:
+    prev_idx, last_idx = indices
+    ext = jnp.concatenate([shift_state[:, None], x], axis=1)  # [B, 1 + T, D]; index 0 = carried state
+    prev = jnp.take_along_axis(ext, (prev_idx + 1)[:, :, None], axis=1)
+    last = jnp.take_along_axis(ext, (last_idx + 1)[:, None, None], axis=1)[:, 0]
+  if starts is not None:
+    prev = jnp.where(starts[:, :, None], jnp.zeros((), x.dtype), prev)  # a new example has no previous token
   return prev, last
 
 
@@ -245,15 +274,17 @@ class TimeMix(nn.Module):
   config: RWKV7Config
 
   @nn.compact
-  def __call__(self, x, shift_state, wkv_state, v_first, layer, indices=None, mask=None):
+  def __call__(self, x, shift_state, wkv_state, v_first, layer, indices=None, mask=None, segments=None):
     """
     Args:
       x: float[B, T, D] layer input after ln1.
       shift_state: float32[B, D] the last ln1 output of the previous call (zeros at sequence start).
       wkv_state: float32[B, H, N, N] WKV state, layout [key, value].
-      v_first: float[B, T, D] value of layer 0 (anything, e.g. None or zeros, at layer 0).
+      v_first: float[B, T, D] value of layer 0 (anything, e.g. None or zeros, at layer 0). Per token, so
+        packed rows need nothing more for it.
       layer: int or int32[] layer index.
       indices, mask: `shift_indices(mask)` and bool[B, T] (True = real token), or None.
+      segments: (starts bool[B, T] from `segment_starts`, wkv_ids int32[B, T] = cumsum of starts), or None.
     Returns:
       (out float[B, T, D], new_shift_state float32[B, D], new_wkv_state float32[B, H, N, N], v_first)
     """
@@ -274,7 +305,8 @@ class TimeMix(nn.Module):
     proj = lambda name, scale, axes=("embed", "attn"): layers.Dense(D, axes, False, cd, kernel_init=_orthogonal(scale),
                                                                     name=name)
 
-    prev, new_shift = token_shift(x, shift_state, indices)
+    starts, wkv_ids = (None, None) if segments is None else segments
+    prev, new_shift = token_shift(x, shift_state, indices, starts)
     dx = prev - x
     mixed = {c: x + dx * vec(f"x_{c}").astype(cd) for c in "rwkvag"}
 
@@ -312,8 +344,11 @@ class TimeMix(nn.Module):
     spec = ("batch", "length", "heads", "head_dim")
     r_in, v_in, a_in, b_in, k_in, lw_in = (nn.with_logical_constraint(t, spec) for t in (
         r_in, v_in, a_in.astype(cd), b_in.astype(cd), k_in, lw_in))
+    # wkv_ids changes exactly at the segment starts (padding never does: its inputs are zeroed above
+    # and its id is that of the previous real token), so the WKV state restarts where the shifts do.
     out, new_wkv = wkv7(r_in, lw_in, k_in, v_in, a_in, b_in, wkv_state, impl=cfg.wkv_impl,
-                        chunk_size=cfg.wkv_chunk_size, partition=nn.logical_to_mesh_axes(spec))
+                        chunk_size=cfg.wkv_chunk_size, partition=nn.logical_to_mesh_axes(spec),
+                        segment_ids=wkv_ids)
     out = HeadGroupNorm(GN_EPS, const("ln_x"), layer, name="ln_x")(out)
     r_k = _param(self, "r_k", const("r_k"), (H, N), ("heads", "head_dim"), layer)
     bonus = (heads(r).astype(jnp.float32) * heads(k).astype(jnp.float32) * r_k.astype(jnp.float32)).sum(-1, keepdims=True)
@@ -327,10 +362,11 @@ class ChannelMix(nn.Module):
   config: RWKV7Config
 
   @nn.compact
-  def __call__(self, x, shift_state, layer, indices=None):
-    """x: float[B, T, D] after ln2; shift_state: float32[B, D]. Returns (out float[B, T, D], new shift)."""
+  def __call__(self, x, shift_state, layer, indices=None, starts=None):
+    """x: float[B, T, D] after ln2; shift_state: float32[B, D]; indices, starts as in `token_shift`.
+    Returns (out float[B, T, D], new shift)."""
     cfg, cd = self.config, self.config.compute_dtype
-    prev, new_shift = token_shift(x, shift_state, indices)
+    prev, new_shift = token_shift(x, shift_state, indices, starts)
     x_k = _param(self, "x_k", _layer_const(cfg, "ffn_x_k"), (cfg.n_embd,), ("embed",), layer)
     h = x + (prev - x) * x_k.astype(cd)
     h = layers.Dense(cfg.dim_ffn, ("embed", "mlp"), False, cd, kernel_init=_orthogonal(1.0), name="key")(h)
@@ -349,13 +385,14 @@ class Block(nn.Module):
   layer: int | None = None
 
   @nn.compact
-  def __call__(self, carry, state, layer_index=None, indices=None, mask=None):
+  def __call__(self, carry, state, layer_index=None, indices=None, mask=None, segments=None):
     """
     Args:
       carry: (x float[B, T, D], v_first float[B, T, D] or None before layer 0).
       state: (att_shift float32[B, D], wkv float32[B, H, N, N], ffn_shift float32[B, D]) of this layer.
       layer_index: int32[] (scanned layers) or None (the `layer` field is used).
       indices, mask: `shift_indices(mask)` and bool[B, T], or None.
+      segments: (starts bool[B, T], wkv_ids int32[B, T]) for packed rows (see TimeMix), or None.
     Returns:
       ((x, v_first), new state of this layer).
     """
@@ -364,9 +401,12 @@ class Block(nn.Module):
     x, v_first = carry
     att_shift, wkv_state, ffn_shift = state
     h = layers.layer_norm("ln1", LN_EPS, cd)(x)
-    h, att_shift, wkv_state, v_first = TimeMix(cfg, name="att")(h, att_shift, wkv_state, v_first, layer, indices, mask)
+    h, att_shift, wkv_state, v_first = TimeMix(cfg, name="att")(h, att_shift, wkv_state, v_first, layer, indices, mask,
+                                                                segments)
     x = x + h
-    h, ffn_shift = ChannelMix(cfg, name="ffn")(layers.layer_norm("ln2", LN_EPS, cd)(x), ffn_shift, layer, indices)
+    starts = None if segments is None else segments[0]
+    h, ffn_shift = ChannelMix(cfg, name="ffn")(layers.layer_norm("ln2", LN_EPS, cd)(x), ffn_shift, layer, indices,
+                                               starts)
     x = nn.with_logical_constraint(x + h, ACT)
     return (x, v_first), (att_shift, wkv_state, ffn_shift)
 
@@ -403,7 +443,7 @@ class RWKV7(nn.Module):
     block = _block_class(cfg)
     if cfg.scan_layers:
       scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=(0, 0, nn.broadcast, nn.broadcast), length=cfg.n_layer,
+                        in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.n_layer,
                         metadata_params={nn.PARTITION_NAME: "layers"})
       self.blocks = scanned(cfg, name="blocks")
     else:
@@ -426,13 +466,14 @@ class RWKV7(nn.Module):
     """Touches every submodule (for init): embeds tokens, then runs the model."""
     return self(self.embed(tokens), state)
 
-  def __call__(self, x, state: RWKV7State, mask=None, hidden: bool = False):
+  def __call__(self, x, state: RWKV7State, mask=None, hidden: bool = False, segment_ids=None):
     """
     Args:
       x: float[B, T, D] input embeddings (token or modality), before ln0.
       state: RWKV7State with batch B.
       mask: bool[B, T] True at real positions, or None.
       hidden: return the final hidden states (after ln_out, float32[B, T, D]) instead of logits.
+      segment_ids: int[B, T] examples packed in a row (see `forward`), or None.
     Returns:
       (logits float32[B, T, V] or hidden float32[B, T, D], new RWKV7State).
     """
@@ -441,15 +482,20 @@ class RWKV7(nn.Module):
       x = jnp.where(mask[..., None], x, 0)
     x = nn.with_logical_constraint(self.ln0(x.astype(cfg.compute_dtype)), ACT)
     indices = None if mask is None else shift_indices(mask)
+    segments = None
+    if segment_ids is not None:
+      starts = segment_starts(segment_ids, mask)
+      segments = (starts, jnp.cumsum(starts, axis=1, dtype=jnp.int32))  # ids for the WKV op: +1 at each start
     if cfg.scan_layers:
       carry = (x, jnp.zeros_like(x))
       (x, _), (att, wkv, ffn) = self.blocks(carry, (state.att_shift, state.wkv, state.ffn_shift),
-                                            jnp.arange(cfg.n_layer, dtype=jnp.int32), indices, mask)
+                                            jnp.arange(cfg.n_layer, dtype=jnp.int32), indices, mask, segments)
       new_state = RWKV7State(att, wkv, ffn)
     else:
       carry, att, wkv, ffn = (x, None), [], [], []
       for i, block in enumerate(self.blocks):
-        carry, (a, w, f) = block(carry, (state.att_shift[i], state.wkv[i], state.ffn_shift[i]), None, indices, mask)
+        carry, (a, w, f) = block(carry, (state.att_shift[i], state.wkv[i], state.ffn_shift[i]), None, indices, mask,
+                                 segments)
         att.append(a), wkv.append(w), ffn.append(f)
       x = carry[0]
       new_state = RWKV7State(jnp.stack(att), jnp.stack(wkv), jnp.stack(ffn))
@@ -554,7 +600,7 @@ def embed(config: RWKV7Config, params: Mapping, tokens) -> jax.Array:
 
 
 def forward(config: RWKV7Config, params: Mapping, tokens=None, state: RWKV7State | None = None, *,
-            embeddings=None, mask=None, hidden: bool = False):
+            embeddings=None, mask=None, hidden: bool = False, segment_ids=None):
   """Runs the model over a sequence, continuing from `state`.
 
   Args:
@@ -571,6 +617,12 @@ def forward(config: RWKV7Config, params: Mapping, tokens=None, state: RWKV7State
       untouched and do not affect real positions; their logits are meaningless.
     hidden: return the final hidden states (after ln_out) float32[B, T, D] instead of logits
       (for task heads such as time-series forecasting).
+    segment_ids: int[B, T] or None. Several examples packed in one row, numbered 1, 2, 3, ... left to
+      right (padding 0 and mask False). Each example computes what it computes alone: at the first
+      real token of every example but the row's first, the token shifts read zeros and the WKV
+      state restarts from zero; the row's first example continues from `state`. Padding, wherever
+      it sits, changes nothing (its id is ignored). The returned state is the one after each row's
+      last real token. None: one example per row.
   Returns:
     (logits float32[B, T, V] or hidden float32[B, T, D], new RWKV7State).
   """
@@ -591,9 +643,15 @@ def forward(config: RWKV7Config, params: Mapping, tokens=None, state: RWKV7State
     raise ValueError("forward: the sequence is empty (T = 0)")
   if mask is not None and tuple(mask.shape) != (batch, length):
     raise ValueError(f"forward: mask has shape {tuple(mask.shape)}; expected [B, T] = {(batch, length)}")
+  if segment_ids is not None:
+    segment_ids = jnp.asarray(segment_ids)
+    if tuple(segment_ids.shape) != (batch, length) or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+      raise ValueError(f"forward: segment_ids must be int[B, T] = {(batch, length)}; got "
+                       f"{segment_ids.dtype}{list(segment_ids.shape)}")
   state = init_state(config, batch) if state is None else state
   _check_state(config, state, batch)
-  return model.apply({"params": params}, embeddings, state, None if mask is None else mask.astype(bool), hidden)
+  return model.apply({"params": params}, embeddings, state, None if mask is None else mask.astype(bool), hidden,
+                     segment_ids)
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints. One table maps official RWKV-LM names to param paths; .pth import/export and the

@@ -7,7 +7,18 @@ Per batch element and head, with the state h[key, value] (h = Sᵀ of the offici
 
 `wkv7` is the single public entry point. It validates shapes once and dispatches to an
 implementation by name; implementations register themselves in `_IMPLS` and all share the signature
-`fn(r, log_w, k, v, a, b, initial_state, chunk_size) -> (out, final_state)` with a float32 state.
+`fn(r, log_w, k, v, a, b, initial_state, chunk_size, segment_ids=None) -> (out, final_state)` with a
+float32 state.
+
+Packed sequences: `segment_ids` int[B, T] marks several examples in one row (1, 2, 3, ... left to
+right; 0 at padding by the data convention). Wherever the id changes (t > 0, id_t != id_{t−1}) the
+state restarts from zero, so the row computes exactly what the examples compute one by one; the
+initial state applies to each row's first segment, and the final state is the one after the row's
+last step. The chunked implementations do this by masking inside their chunk matrices (see
+ops/wkv7_chunked.py), with no sequential fallback; `segment_ids=None` runs the unsegmented code of
+before, bit for bit. The op itself knows nothing of padding: a caller with padding zeroes its inputs
+there (the state then passes unchanged) and must not let a padding position change the id, as
+`models.rwkv7.forward` does.
 
   reference  `lax.scan` over time; the numerical ground truth for every faster implementation.
   chunked    WY/UT chunked form in plain JAX with a hand-written backward (ops/wkv7_chunked.py).
@@ -35,21 +46,30 @@ from modrwkv_jax.ops.wkv7_chunked import wkv7_chunked
 from pallas_kernels.wkv7 import wkv7_pallas
 
 
-def wkv7_reference(r, log_w, k, v, a, b, initial_state, chunk_size=None):
+def wkv7_reference(r, log_w, k, v, a, b, initial_state, chunk_size=None, segment_ids=None):
   """Sequential WKV-7: one `lax.scan` step per token, float32 state.
 
   Args:
     r, log_w, k, v, a, b: float[B, T, H, N]; log_w <= 0 is the natural log of the decay.
     initial_state: float32[B, H, N, N], layout [key, value].
     chunk_size: unused (the scan has no chunks); accepted for a uniform signature.
+    segment_ids: int[B, T] or None; the state is zeroed before every step t > 0 whose id differs
+      from step t − 1's.
   Returns:
     (out float[B, T, H, N] in v.dtype, final_state float32[B, H, N, N]).
   """
   del chunk_size
   f32 = lambda x: jnp.moveaxis(x.astype(jnp.float32), 1, 0)  # [T, B, H, N]
   xs = tuple(f32(x) for x in (r, log_w, k, v, a, b))
+  if segment_ids is not None:
+    starts = jnp.concatenate([jnp.zeros_like(segment_ids[:, :1], bool),
+                              segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    xs = xs + (jnp.moveaxis(starts, 1, 0),)  # bool[T, B]
 
   def step(h, x):
+    if segment_ids is not None:
+      *x, start = x
+      h = jnp.where(start[:, None, None, None], 0.0, h)  # a new segment starts from the zero state
     r_t, lw_t, k_t, v_t, a_t, b_t = x  # each [B, H, N]
     a_h = jnp.einsum("bhk,bhkv->bhv", a_t, h)  # aᵀ h_{t-1}
     h = (jnp.exp(lw_t)[..., None] * h + b_t[..., None] * a_h[..., None, :]
@@ -97,8 +117,10 @@ def _fit_axes(axes, size: int, mesh) -> tuple[str, ...] | None:
   return tuple(kept) or None
 
 
-def _shard_over_batch_and_heads(fn, partition, shape):
-  """`fn` run per shard under shard_map, or `fn` itself when no mesh/partition applies."""
+def _shard_over_batch_and_heads(fn, partition, shape, segmented: bool):
+  """`fn` run per shard under shard_map, or `fn` itself when no mesh/partition applies.
+
+  fn takes (r, log_w, k, v, a, b, initial_state) and, when `segmented`, segment_ids [B, T] last."""
   mesh = jax.sharding.get_abstract_mesh()
   if partition is None or mesh.empty:
     return fn
@@ -106,11 +128,12 @@ def _shard_over_batch_and_heads(fn, partition, shape):
   if batch is None and heads is None:
     return fn
   seq, state = P(batch, None, heads, None), P(batch, heads, None, None)
-  return jax.shard_map(fn, in_specs=(seq,) * 6 + (state,), out_specs=(seq, state), check_vma=False)
+  in_specs = (seq,) * 6 + (state,) + ((P(batch, None),) if segmented else ())
+  return jax.shard_map(fn, in_specs=in_specs, out_specs=(seq, state), check_vma=False)
 
 
 def wkv7(r, log_w, k, v, a, b, initial_state=None, *, impl: str = "auto", chunk_size: int = 16,
-         partition: P | None = None):
+         partition: P | None = None, segment_ids=None):
   """RWKV-7 WKV recurrence over a sequence.
 
   Args:
@@ -121,8 +144,12 @@ def wkv7(r, log_w, k, v, a, b, initial_state=None, *, impl: str = "auto", chunk_
     chunk_size: chunk length for chunked implementations.
     partition: PartitionSpec of the [B, T, H, N] inputs over the active mesh (only the B and H
       entries are used); with impl "pallas" the op then runs per shard (see module docstring).
+    segment_ids: int[B, T] or None. Several examples packed in a row: the state restarts from zero
+      wherever the id changes (t > 0 and segment_ids[:, t] != segment_ids[:, t − 1]); initial_state
+      applies to each row's first segment. None: one segment per row.
   Returns:
-    (out float[B, T, H, N] with the dtype of v, final_state float32[B, H, N, N]).
+    (out float[B, T, H, N] with the dtype of v, final_state float32[B, H, N, N] after each row's
+    last step).
   """
   if chunk_size not in (16, 32, 64):
     raise ValueError(f"wkv7: chunk_size must be 16, 32 or 64, got {chunk_size!r}")
@@ -137,10 +164,22 @@ def wkv7(r, log_w, k, v, a, b, initial_state=None, *, impl: str = "auto", chunk_
   elif initial_state.shape != (batch, heads, size, size):
     raise ValueError(f"wkv7: initial_state has shape {tuple(initial_state.shape)}; "
                      f"expected [B, H, N, N] = {(batch, heads, size, size)}")
+  if segment_ids is not None:
+    segment_ids = jnp.asarray(segment_ids)
+    if segment_ids.shape != r.shape[:2] or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+      raise ValueError(f"wkv7: segment_ids must be int[B, T] = {tuple(r.shape[:2])}; got "
+                       f"{segment_ids.dtype}{list(segment_ids.shape)}")
   name = resolve_impl(impl)
   if r.shape[1] == 1 and impl == "auto":
     name = "reference"  # one decoding step: nothing to chunk, the plain recurrence is cheapest
-  fn = lambda *xs: _IMPLS[name](*xs, chunk_size)
+  if r.shape[1] == 1:
+    segment_ids = None  # a single step never starts a segment (the first one uses initial_state)
+  args = (r, log_w, k, v, a, b, initial_state)
+  if segment_ids is None:  # the unsegmented implementations, unchanged
+    fn = lambda *xs: _IMPLS[name](*xs, chunk_size)
+  else:
+    fn = lambda *xs: _IMPLS[name](*xs[:7], chunk_size, segment_ids=xs[7])
+    args = args + (segment_ids,)
   if name == "pallas":
-    fn = _shard_over_batch_and_heads(fn, partition, r.shape)
-  return fn(r, log_w, k, v, a, b, initial_state)
+    fn = _shard_over_batch_and_heads(fn, partition, r.shape, segment_ids is not None)
+  return fn(*args)

@@ -19,6 +19,12 @@ the kernel layout, padded by < C steps) plus the per-chunk entering states (floa
 
 Layout at the kernel boundary: [B·H, T_pad, N] (one contiguous row block per head), T padded at the
 end to a multiple of C with log_w = 0 and k = v = a = b = 0, which leaves the state unchanged.
+
+Packed rows (`segment_ids`): a variant of each kernel takes one more input, float32[B, T_pad, 1], the
+chunk-local counts of segment starts (`chunk_math.segment_counts`), read by program i from batch row
+i // H (so the H heads of a row share it), and masks its chunk algebra with them (chunk_math); the
+state restarts from zero at every start, inside a chunk as well as at a chunk boundary. Without
+segment ids the kernels take no such input and compute exactly what they computed before.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels.wkv7.chunk_math import chunk_backward, chunk_forward
+from pallas_kernels.wkv7.chunk_math import chunk_backward, chunk_forward, segment_counts
 
 _F32 = jnp.float32
 # Kernel backends: how a pallas_call is laid out and lowered.
@@ -64,30 +70,51 @@ def _call_kwargs(backend: str) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # Loop layout (GPU): grid (B·H,), chunks looped inside the kernel.
+#
+# With segments, one more input ref `seg_ref` follows b_ref: float32[T_pad, 1] of the head's batch row
+# (the chunk-local segment-start counts of `chunk_math`), shared by the H heads of that row.
 
-def _fwd_loop_kernel(r_ref, g_ref, k_ref, v_ref, a_ref, b_ref, h0_ref, out_ref, hT_ref, hs_ref, *, C):
+def _row(i, heads):
+  """The batch row of program i (grid axis over B·H): i // H as truncating division (i >= 0), because
+  Python's floor division lowers through `sign`, which Mosaic TPU rejects in an index map."""
+  return jax.lax.div(i, jnp.int32(heads))
+
+
+def _split_seg(refs, n_in, segmented):
+  """(the n_in sequence input refs, seg_ref or None, the remaining refs)."""
+  if segmented:
+    return refs[:n_in], refs[n_in], refs[n_in + 1:]
+  return refs[:n_in], None, refs[n_in:]
+
+
+def _fwd_loop_kernel(*refs, C, segmented):
+  (r_ref, g_ref, k_ref, v_ref, a_ref, b_ref), seg_ref, (h0_ref, out_ref, hT_ref, hs_ref) = _split_seg(
+      refs, 6, segmented)
   n_chunks = r_ref.shape[0] // C
 
   def body(c, h):
     rows = pl.ds(pl.multiple_of(c * C, C), C)
     x = [ref[rows, :].astype(_F32) for ref in (r_ref, g_ref, k_ref, v_ref, a_ref, b_ref)]
+    seg = None if seg_ref is None else seg_ref[rows, :]
     hs_ref[c] = h
-    out, h = chunk_forward(h, *x)
+    out, h = chunk_forward(h, *x, seg=seg)
     out_ref[rows, :] = out.astype(out_ref.dtype)
     return h
 
   hT_ref[...] = jax.lax.fori_loop(0, n_chunks, body, h0_ref[...].astype(_F32))
 
 
-def _bwd_loop_kernel(r_ref, g_ref, k_ref, v_ref, a_ref, b_ref, hs_ref, dO_ref, dhT_ref,
-                     dr_ref, dg_ref, dk_ref, dv_ref, da_ref, db_ref, dh0_ref, *, C):
+def _bwd_loop_kernel(*refs, C, segmented):
+  (r_ref, g_ref, k_ref, v_ref, a_ref, b_ref), seg_ref, rest = _split_seg(refs, 6, segmented)
+  hs_ref, dO_ref, dhT_ref, dr_ref, dg_ref, dk_ref, dv_ref, da_ref, db_ref, dh0_ref = rest
   n_chunks = r_ref.shape[0] // C
 
   def body(i, dh):
     c = n_chunks - 1 - i
     rows = pl.ds(pl.multiple_of(c * C, C), C)
     x = [ref[rows, :].astype(_F32) for ref in (r_ref, g_ref, k_ref, v_ref, a_ref, b_ref, dO_ref)]
-    *grads, dh = chunk_backward(hs_ref[c], dh, *x)
+    seg = None if seg_ref is None else seg_ref[rows, :]
+    *grads, dh = chunk_backward(hs_ref[c], dh, *x, seg=seg)
     for ref, grad in zip((dr_ref, dg_ref, dk_ref, dv_ref, da_ref, db_ref), grads):
       ref[rows, :] = grad.astype(ref.dtype)
     return dh
@@ -95,39 +122,51 @@ def _bwd_loop_kernel(r_ref, g_ref, k_ref, v_ref, a_ref, b_ref, hs_ref, dO_ref, d
   dh0_ref[...] = jax.lax.fori_loop(0, n_chunks, body, dhT_ref[...].astype(_F32))
 
 
-def _loop_forward(xs, h0, C, backend):
+def _loop_seg_spec(seg, heads):
+  """BlockSpecs and operands of the optional segment input: [B, T_pad, 1], row i // H for program i."""
+  if seg is None:
+    return [], []
+  return [pl.BlockSpec((None, seg.shape[1], 1), lambda i: (_row(i, heads), 0, 0))], [seg]
+
+
+def _loop_forward(xs, h0, seg, heads, C, backend):
   BH, Tp, N = xs[0].shape
   nc = Tp // C
   seq = pl.BlockSpec((None, Tp, N), lambda i: (i, 0, 0))
   mat = pl.BlockSpec((None, N, N), lambda i: (i, 0, 0))
+  seg_specs, seg_args = _loop_seg_spec(seg, heads)
   return pl.pallas_call(
-      functools.partial(_fwd_loop_kernel, C=C),
+      functools.partial(_fwd_loop_kernel, C=C, segmented=seg is not None),
       grid=(BH,),
-      in_specs=[seq] * 6 + [mat],
+      in_specs=[seq] * 6 + seg_specs + [mat],
       out_specs=[seq, mat, pl.BlockSpec((None, nc, N, N), lambda i: (i, 0, 0, 0))],
       out_shape=[jax.ShapeDtypeStruct((BH, Tp, N), xs[3].dtype), jax.ShapeDtypeStruct((BH, N, N), _F32),
                  jax.ShapeDtypeStruct((BH, nc, N, N), _F32)],
-      name="wkv7_fwd_loop", **_call_kwargs(backend))(*xs, h0)
+      name="wkv7_fwd_loop", **_call_kwargs(backend))(*xs, *seg_args, h0)
 
 
-def _loop_backward(xs, hs, dO, dhT, C, backend):
+def _loop_backward(xs, seg, heads, hs, dO, dhT, C, backend):
   BH, Tp, N = xs[0].shape
   nc = Tp // C
   seq = pl.BlockSpec((None, Tp, N), lambda i: (i, 0, 0))
   mat = pl.BlockSpec((None, N, N), lambda i: (i, 0, 0))
+  seg_specs, seg_args = _loop_seg_spec(seg, heads)
   return pl.pallas_call(
-      functools.partial(_bwd_loop_kernel, C=C),
+      functools.partial(_bwd_loop_kernel, C=C, segmented=seg is not None),
       grid=(BH,),
-      in_specs=[seq] * 6 + [pl.BlockSpec((None, nc, N, N), lambda i: (i, 0, 0, 0)), seq, mat],
+      in_specs=[seq] * 6 + seg_specs + [pl.BlockSpec((None, nc, N, N), lambda i: (i, 0, 0, 0)), seq, mat],
       out_specs=[seq] * 6 + [mat],
       out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in xs] + [jax.ShapeDtypeStruct((BH, N, N), _F32)],
-      name="wkv7_bwd_loop", **_call_kwargs(backend))(*xs, hs, dO, dhT)
+      name="wkv7_bwd_loop", **_call_kwargs(backend))(*xs, *seg_args, hs, dO, dhT)
 
 
 # ----------------------------------------------------------------------------------------------
 # Grid layout (TPU): grid (B·H, n_chunks), state in a VMEM scratch across the sequential axis.
+# The optional segment input arrives as one [C, 1] block per step (last dim = the array's full dim 1).
 
-def _fwd_grid_kernel(r_ref, g_ref, k_ref, v_ref, a_ref, b_ref, h0_ref, out_ref, hT_ref, hs_ref, state):
+def _fwd_grid_kernel(*refs, segmented):
+  (r_ref, g_ref, k_ref, v_ref, a_ref, b_ref), seg_ref, rest = _split_seg(refs, 6, segmented)
+  h0_ref, out_ref, hT_ref, hs_ref, state = rest
   c = pl.program_id(1)
 
   @pl.when(c == 0)
@@ -136,7 +175,9 @@ def _fwd_grid_kernel(r_ref, g_ref, k_ref, v_ref, a_ref, b_ref, h0_ref, out_ref, 
 
   h = state[...]
   hs_ref[...] = h
-  out, h = chunk_forward(h, *(ref[...].astype(_F32) for ref in (r_ref, g_ref, k_ref, v_ref, a_ref, b_ref)))
+  seg = None if seg_ref is None else seg_ref[...]
+  out, h = chunk_forward(h, *(ref[...].astype(_F32) for ref in (r_ref, g_ref, k_ref, v_ref, a_ref, b_ref)),
+                         seg=seg)
   out_ref[...] = out.astype(out_ref.dtype)
   state[...] = h
 
@@ -145,8 +186,9 @@ def _fwd_grid_kernel(r_ref, g_ref, k_ref, v_ref, a_ref, b_ref, h0_ref, out_ref, 
     hT_ref[...] = h
 
 
-def _bwd_grid_kernel(r_ref, g_ref, k_ref, v_ref, a_ref, b_ref, hs_ref, dO_ref, dhT_ref,
-                     dr_ref, dg_ref, dk_ref, dv_ref, da_ref, db_ref, dh0_ref, dstate):
+def _bwd_grid_kernel(*refs, segmented):
+  (r_ref, g_ref, k_ref, v_ref, a_ref, b_ref), seg_ref, rest = _split_seg(refs, 6, segmented)
+  hs_ref, dO_ref, dhT_ref, dr_ref, dg_ref, dk_ref, dv_ref, da_ref, db_ref, dh0_ref, dstate = rest
   c = pl.program_id(1)  # counts chunks from the end
 
   @pl.when(c == 0)
@@ -154,7 +196,8 @@ def _bwd_grid_kernel(r_ref, g_ref, k_ref, v_ref, a_ref, b_ref, hs_ref, dO_ref, d
     dstate[...] = dhT_ref[...].astype(_F32)
 
   x = (ref[...].astype(_F32) for ref in (r_ref, g_ref, k_ref, v_ref, a_ref, b_ref, dO_ref))
-  *grads, dh = chunk_backward(hs_ref[...], dstate[...], *x)
+  seg = None if seg_ref is None else seg_ref[...]
+  *grads, dh = chunk_backward(hs_ref[...], dstate[...], *x, seg=seg)
   for ref, grad in zip((dr_ref, dg_ref, dk_ref, dv_ref, da_ref, db_ref), grads):
     ref[...] = grad.astype(ref.dtype)
   dstate[...] = dh
@@ -164,35 +207,45 @@ def _bwd_grid_kernel(r_ref, g_ref, k_ref, v_ref, a_ref, b_ref, hs_ref, dO_ref, d
     dh0_ref[...] = dh
 
 
-def _grid_forward(xs, h0, C, backend):
+def _grid_seg_spec(seg, heads, C, chunk_of):
+  """BlockSpecs and operands of the optional segment input: one [C, 1] block of row i // H."""
+  if seg is None:
+    return [], []
+  return [pl.BlockSpec((None, C, 1), lambda i, c: (_row(i, heads), chunk_of(c), 0))], [seg]
+
+
+def _grid_forward(xs, h0, seg, heads, C, backend):
   BH, Tp, N = xs[0].shape
   nc = Tp // C
   blk = pl.BlockSpec((None, C, N), lambda i, c: (i, c, 0))
   mat = pl.BlockSpec((None, N, N), lambda i, c: (i, 0, 0))
+  seg_specs, seg_args = _grid_seg_spec(seg, heads, C, lambda c: c)
   return pl.pallas_call(
-      _fwd_grid_kernel,
+      functools.partial(_fwd_grid_kernel, segmented=seg is not None),
       grid=(BH, nc),
-      in_specs=[blk] * 6 + [mat],
+      in_specs=[blk] * 6 + seg_specs + [mat],
       out_specs=[blk, mat, pl.BlockSpec((None, None, N, N), lambda i, c: (i, c, 0, 0))],
       out_shape=[jax.ShapeDtypeStruct((BH, Tp, N), xs[3].dtype), jax.ShapeDtypeStruct((BH, N, N), _F32),
                  jax.ShapeDtypeStruct((BH, nc, N, N), _F32)],
       scratch_shapes=[pltpu.VMEM((N, N), _F32)],
-      name="wkv7_fwd_grid", **_call_kwargs(backend))(*xs, h0)
+      name="wkv7_fwd_grid", **_call_kwargs(backend))(*xs, *seg_args, h0)
 
 
-def _grid_backward(xs, hs, dO, dhT, C, backend):
+def _grid_backward(xs, seg, heads, hs, dO, dhT, C, backend):
   BH, Tp, N = xs[0].shape
   nc = Tp // C
   blk = pl.BlockSpec((None, C, N), lambda i, c: (i, nc - 1 - c, 0))
   mat = pl.BlockSpec((None, N, N), lambda i, c: (i, 0, 0))
+  seg_specs, seg_args = _grid_seg_spec(seg, heads, C, lambda c: nc - 1 - c)
   return pl.pallas_call(
-      _bwd_grid_kernel,
+      functools.partial(_bwd_grid_kernel, segmented=seg is not None),
       grid=(BH, nc),
-      in_specs=[blk] * 6 + [pl.BlockSpec((None, None, N, N), lambda i, c: (i, nc - 1 - c, 0, 0)), blk, mat],
+      in_specs=[blk] * 6 + seg_specs + [pl.BlockSpec((None, None, N, N), lambda i, c: (i, nc - 1 - c, 0, 0)),
+                                        blk, mat],
       out_specs=[blk] * 6 + [mat],
       out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in xs] + [jax.ShapeDtypeStruct((BH, N, N), _F32)],
       scratch_shapes=[pltpu.VMEM((N, N), _F32)],
-      name="wkv7_bwd_grid", **_call_kwargs(backend))(*xs, hs, dO, dhT)
+      name="wkv7_bwd_grid", **_call_kwargs(backend))(*xs, *seg_args, hs, dO, dhT)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,17 +264,22 @@ def _from_heads(x, B, H, T):
   return jnp.swapaxes(x.reshape(B, H, Tp, N), 1, 2)[:, :T]
 
 
-def _forward(r, log_w, k, v, a, b, h0, chunk_size, backend):
+def _forward(r, log_w, k, v, a, b, h0, seg, chunk_size, backend):
   B, T, H, N = r.shape
   Tp = -(-T // chunk_size) * chunk_size
   xs = [_to_heads(x, Tp) for x in (r, log_w, k, v, a, b)]
   run = _grid_forward if _layout(backend) == "grid" else _loop_forward
-  out, final, hs = run(xs, h0.reshape(B * H, N, N).astype(_F32), chunk_size, backend)
+  out, final, hs = run(xs, h0.reshape(B * H, N, N).astype(_F32), seg, H, chunk_size, backend)
   return _from_heads(out, B, H, T), final.reshape(B, H, N, N), (xs, hs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def wkv7_pallas(r, log_w, k, v, a, b, initial_state, chunk_size=16, backend=None):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
+def _wkv7_pallas(r, log_w, k, v, a, b, initial_state, seg, chunk_size, backend):
+  out, final, _ = _forward(r, log_w, k, v, a, b, initial_state, seg, chunk_size, backend)
+  return out, final
+
+
+def wkv7_pallas(r, log_w, k, v, a, b, initial_state, chunk_size=16, backend=None, segment_ids=None):
   """WKV-7 through the Pallas kernels; the contract of `modrwkv_jax.ops.wkv7` (DESIGN §2.1).
 
   Args:
@@ -229,31 +287,39 @@ def wkv7_pallas(r, log_w, k, v, a, b, initial_state, chunk_size=16, backend=None
     initial_state: float32[B, H, N, N], layout [key, value].
     chunk_size: C in {16, 32, 64}.
     backend: one of `BACKENDS`, or None for `default_backend()`.
+    segment_ids: int[B, T] or None. Where the id changes (t > 0) the state restarts from zero;
+      initial_state applies to each row's first segment. None: one segment per row (no extra input,
+      the kernels of before).
   Returns:
-    (out float[B, T, H, N] in v.dtype, final_state float32[B, H, N, N]).
+    (out float[B, T, H, N] in v.dtype, final_state float32[B, H, N, N] after each row's last step).
   """
-  out, final, _ = _forward(r, log_w, k, v, a, b, initial_state, chunk_size, backend or default_backend())
-  return out, final
+  backend = backend or default_backend()
+  _call_kwargs(backend)  # raises on an unknown backend name
+  seg = None
+  if segment_ids is not None:
+    Tp = -(-r.shape[1] // chunk_size) * chunk_size
+    # float32[B, T_pad, 1]: small integers, exact; a float column lowers on every backend.
+    seg = segment_counts(segment_ids, Tp, chunk_size).astype(_F32)[..., None]
+  return _wkv7_pallas(r, log_w, k, v, a, b, initial_state, seg, chunk_size, backend)
 
 
-def _fwd(r, log_w, k, v, a, b, initial_state, chunk_size, backend):
+def _fwd(r, log_w, k, v, a, b, initial_state, seg, chunk_size, backend):
   # Residuals: the inputs already in the kernels' head-major padded layout (so the backward does not
-  # transpose them again), the initial state and the per-chunk entering states.
-  out, final, (xs, hs) = _forward(r, log_w, k, v, a, b, initial_state, chunk_size, backend or default_backend())
-  return (out, final), (xs, initial_state, hs)
+  # transpose them again), the segment counts, the initial state and the per-chunk entering states.
+  out, final, (xs, hs) = _forward(r, log_w, k, v, a, b, initial_state, seg, chunk_size, backend)
+  return (out, final), (xs, seg, initial_state, hs)
 
 
 def _bwd(chunk_size, backend, res, cotangents):
-  backend = backend or default_backend()
-  xs, h0, hs = res
+  xs, seg, h0, hs = res
   d_out, d_final = cotangents
   B, T, H, N = d_out.shape
   Tp = hs.shape[1] * chunk_size
   run = _grid_backward if _layout(backend) == "grid" else _loop_backward
-  *grads, dh0 = run(xs, hs, _to_heads(d_out.astype(_F32), Tp), d_final.reshape(B * H, N, N).astype(_F32),
-                    chunk_size, backend)
+  *grads, dh0 = run(xs, seg, H, hs, _to_heads(d_out.astype(_F32), Tp),
+                    d_final.reshape(B * H, N, N).astype(_F32), chunk_size, backend)
   grads = [_from_heads(g, B, H, T) for g in grads]
-  return (*grads, dh0.reshape(B, H, N, N).astype(h0.dtype))
+  return (*grads, dh0.reshape(B, H, N, N).astype(h0.dtype), None)
 
 
-wkv7_pallas.defvjp(_fwd, _bwd)
+_wkv7_pallas.defvjp(_fwd, _bwd)
