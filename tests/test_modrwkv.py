@@ -249,7 +249,9 @@ def test_gradients_reach_adapters_and_rwkv_but_not_frozen_encoders(params, items
 
 def test_projector_checkpoint_round_trip_and_mismatch(params, tmp_path):
   path = tmp_path / "proj.npz"
-  modrwkv.save_projectors(path, params)
+  modrwkv.save_projectors(params, path)
+  with pytest.raises(TypeError, match="path comes last"):
+    modrwkv.save_projectors(path, params)
   back = modrwkv.load_projectors(path, CONFIG)
   assert set(back) == {"projectors"}
   for x, y in zip(jax.tree.leaves(back["projectors"]), jax.tree.leaves(params["projectors"])):
@@ -317,7 +319,7 @@ def test_load_assembles_pth_snapshot_and_projectors(params, tmp_path):
   config = modrwkv.ModRWKVConfig(RWKV, (("image", modrwkv.ModalityConfig(
       "siglip", vcfg, CONFIG.modality("image").projector)),), max_length=256)
   rwkv7.save_pth(RWKV, params["rwkv"], tmp_path / "rwkv.pth")
-  modrwkv.save_projectors(tmp_path / "proj.npz", {"projectors": {"image": params["projectors"]["image"]}})
+  modrwkv.save_projectors({"projectors": {"image": params["projectors"]["image"]}}, tmp_path / "proj.npz")
   loaded = modrwkv.load(config, tmp_path / "rwkv.pth", {"image": str(tmp_path / "siglip")}, tmp_path / "proj.npz")
   for got, want in ((loaded["rwkv"], params["rwkv"]), (loaded["encoders"]["image"], vparams),
                     (loaded["projectors"]["image"], params["projectors"]["image"])):

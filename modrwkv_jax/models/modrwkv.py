@@ -448,8 +448,12 @@ def _path_name(kp) -> str:
   return "/".join(str(getattr(k, "key", k)) for k in kp)
 
 
-def save_projectors(path: str | os.PathLike, params: Mapping) -> None:
-  """Writes the trained parts (projectors, forecasting head) as a small .npz with '/'-joined names."""
+def save_projectors(params: Mapping, path: str | os.PathLike) -> None:
+  """Writes the trained parts (projectors, forecasting head) of `params` to `path`, a small .npz with
+  '/'-joined names (the path comes last, as in every writer of the project: `rwkv7.save_pth(config,
+  params, path)`, `worldrwkv.save_worldrwkv(config, params, path)`)."""
+  if isinstance(params, (str, os.PathLike)) and isinstance(path, Mapping):
+    raise TypeError("save_projectors(params, path): the path comes last (the order changed from (path, params))")
   np.savez(path, **{_path_name(kp): np.asarray(v) for kp, v in jax.tree_util.tree_leaves_with_path(_trained(params))})
 
 
