@@ -324,13 +324,23 @@ SHARDED = textwrap.dedent("""
     errs = [rel(x, y) for x, y in zip((*got, *grads), (*want, *want_grads))]
     print("sharded vs one device, rel RMS (out, state, dr..dh0):", " ".join(f"{e:.1e}" for e in errs))
     assert max(errs) < 1e-5
+    # A mesh with Explicit axes (jax.make_mesh's default): the replicated inputs and the zero initial state
+    # wkv7 creates are resharded to the shard_map specs.
+    explicit = jax.make_mesh((2, 2), ("data", "tensor"), axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+    with jax.set_mesh(explicit):
+      grads, got = run(spec)
+      out, _ = jax.jit(lambda *xs: ops.wkv7(*xs, impl="pallas", partition=spec))(r, log_w, k, v, a, b)
+    errs = [rel(x, y) for x, y in zip((*got, *grads), (*want, *want_grads))]
+    print("explicit-axis mesh vs one device:", " ".join(f"{e:.1e}" for e in errs))
+    assert max(errs) < 1e-5 and out.shape == r.shape
     print("OK")
 """)
 
 
 def test_pallas_with_segments_runs_per_shard_on_4_devices():
   """`wkv7(partition=...)` shards batch over "data" and heads over "tensor" (shard_map) with the
-  segment ids split by batch; outputs and gradients equal the one-device run (rel. RMS < 1e-5)."""
+  segment ids split by batch; outputs and gradients equal the one-device run (rel. RMS < 1e-5), on a mesh
+  with Auto axes (sharding.make_mesh) and on one with Explicit axes (jax.make_mesh's default)."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
   proc = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, timeout=300,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

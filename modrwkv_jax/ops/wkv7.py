@@ -129,7 +129,13 @@ def _shard_over_batch_and_heads(fn, partition, shape, segmented: bool):
     return fn
   seq, state = P(batch, None, heads, None), P(batch, heads, None, None)
   in_specs = (seq,) * 6 + (state,) + ((P(batch, None),) if segmented else ())
-  return jax.shard_map(fn, in_specs=in_specs, out_specs=(seq, state), check_vma=False)
+  mapped = jax.shard_map(fn, in_specs=in_specs, out_specs=(seq, state), check_vma=False)
+  used = [a for a in (batch or ()) + (heads or ())]
+  if not any(mesh.axis_types[mesh.axis_names.index(a)] == jax.sharding.AxisType.Explicit for a in used):
+    return mapped  # Auto axes (sharding.make_mesh): GSPMD moves the inputs to the specs by itself
+  # Explicit axes (jax.make_mesh's default): shard_map takes inputs only in exactly its in_specs, so each
+  # input (the zero initial state wkv7 creates, a differently sharded caller's array) is resharded first.
+  return lambda *xs: mapped(*(jax.sharding.reshard(x, spec) for x, spec in zip(xs, in_specs)))
 
 
 def wkv7(r, log_w, k, v, a, b, initial_state=None, *, impl: str = "auto", chunk_size: int = 16,
@@ -143,7 +149,8 @@ def wkv7(r, log_w, k, v, a, b, initial_state=None, *, impl: str = "auto", chunk_
     impl: "auto", or a name from `available_impls()`.
     chunk_size: chunk length for chunked implementations.
     partition: PartitionSpec of the [B, T, H, N] inputs over the active mesh (only the B and H
-      entries are used); with impl "pallas" the op then runs per shard (see module docstring).
+      entries are used); with impl "pallas" the op then runs per shard (see module docstring), on a
+      mesh with Auto axes (`sharding.make_mesh`) or Explicit ones (`jax.make_mesh`'s default).
     segment_ids: int[B, T] or None. Several examples packed in a row: the state restarts from zero
       wherever the id changes (t > 0 and segment_ids[:, t] != segment_ids[:, t − 1]); initial_state
       applies to each row's first segment. None: one segment per row.
