@@ -49,16 +49,25 @@ def test_stop_token_ends_row_and_is_fed(params):
     assert rel_rms_err(a, b) < 1e-5
 
 
-def test_left_padded_batch_matches_single_prompts(params):
-  prompts = [[3, 14, 15, 9, 26, 53], [7, 7, 1]]
-  tokens = np.zeros((2, 6), np.int32)
-  mask = np.zeros((2, 6), bool)
+@pytest.mark.parametrize("side", ["left", "right", "interior"])
+def test_padded_batch_matches_single_prompts(params, side):
+  """Padding on either side or inside a prompt never changes its answer: each row continues from its own
+  last real token (padding leaves the state untouched)."""
+  prompts = [[3, 14, 15, 9, 26, 53], [7, 7, 1], [5]]
+  T = 8
+  tokens, mask = np.zeros((3, T), np.int32), np.zeros((3, T), bool)
   for i, p in enumerate(prompts):
-    tokens[i, 6 - len(p):], mask[i, 6 - len(p):] = p, True
+    if side == "left":
+      where = np.arange(T - len(p), T)
+    elif side == "right":
+      where = np.arange(len(p))
+    else:  # a gap after the first token, and padding at both ends
+      where = np.asarray([1] + list(range(3, 2 + len(p))))
+    tokens[i, where], mask[i, where] = p, True
   rows, _ = gen.generate(CONFIG, params, tokens, mask=jnp.asarray(mask), max_new_tokens=6, stop_token=None)
   for i, p in enumerate(prompts):
     single, _ = gen.generate(CONFIG, params, p, max_new_tokens=6, stop_token=None)
-    assert rows[i] == single[0]
+    assert rows[i] == single[0], (side, i)
 
 
 def test_sampling_is_seeded_and_respects_top_p():
