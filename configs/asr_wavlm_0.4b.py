@@ -1,11 +1,11 @@
-"""ASR alignment (phase I) of ModRWKV 0.4B with a frozen WavLM-large encoder on LibriSpeech (DESIGN §3 audio).
+"""ASR alignment (phase I) of ModRWKV 0.4B with a frozen WavLM-large encoder on LibriSpeech (docs/architecture.md audio).
 
 Trains the audio adapter only (Conv1d(1024 -> 2D, k3, s2, pad 2) -> Linear -> ReLU -> Linear, ~25 tokens/s);
 WavLM large (hidden 1024, 24 layers, 16 heads, ffn 4096; layer-norm conv feature encoder without conv
 bias, pre-norm "stable" transformer, as microsoft/wavlm-large) and RWKV-7 0.4B stay frozen. Input: the
 raw 16 kHz waveform normalised per clip (Wav2Vec2FeatureExtractor), 50 Hz features from the final layer.
 lr 1e-4 (100 warmup steps, cosine to 0), batch 32, one epoch of LibriSpeech 960 h (281,241 utterances:
-8,789 steps), ctx 2048, bf16. Phase II (DESIGN: lr 1e-4 -> 5e-5, adapter + RWKV-7):
+8,789 steps), ctx 2048, bf16. Phase II (the paper: lr 1e-4 -> 5e-5, adapter + RWKV-7):
 `--config.train.trainable="('adapter','rwkv')" --config.optim.end_lr_ratio=0.5 --config.init.from_checkpoint=...`.
 
 Expected files (all local):

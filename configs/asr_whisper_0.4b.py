@@ -1,11 +1,11 @@
-"""ASR alignment (phase I) of ModRWKV 0.4B with a frozen Whisper-medium encoder on LibriSpeech (DESIGN §3 audio).
+"""ASR alignment (phase I) of ModRWKV 0.4B with a frozen Whisper-medium encoder on LibriSpeech (docs/architecture.md audio).
 
 Trains the audio adapter only (Conv1d(1024 -> 2D, k3, s2, pad 2) -> Linear -> ReLU -> Linear, ~25 tokens/s);
 Whisper-medium's encoder (d_model 1024, 24 layers, 16 heads, ffn 4096, 1500 positions, 80 mel bins) and
 RWKV-7 0.4B stay frozen. Input: 80-bin log-mel features padded to the 30 s chunk (the paper's input),
 output cut to sum(mel_mask)//2 + 1 frames (encoder option mode="paper"). lr 1e-4 (100 warmup steps, cosine
 to 0), batch 32, one epoch of LibriSpeech 960 h (281,241 utterances: 8,789 steps), ctx 2048, bf16; clips
-over 30 s are skipped and counted. Phase II (DESIGN: lr 1e-4 -> 5e-5, adapter + RWKV-7):
+over 30 s are skipped and counted. Phase II (the paper: lr 1e-4 -> 5e-5, adapter + RWKV-7):
 `--config.train.trainable="('adapter','rwkv')" --config.optim.end_lr_ratio=0.5 --config.init.from_checkpoint=...`.
 
 Expected files (all local):

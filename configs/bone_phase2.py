@@ -1,8 +1,8 @@
-"""ModRWKV 0.4B phase II with Bone adapters in place of full RWKV-7 training (DESIGN §3, §4).
+"""ModRWKV 0.4B phase II with Bone adapters in place of full RWKV-7 training (docs/architecture.md, docs/architecture.md#parameter-efficient-fine-tuning).
 
 As configs/modrwkv_0.4b_siglip2_phase2.py (LLaVA-665K, batch 128, one epoch of 5,198 steps, ctx 2048, lr
 2e-5, Adam(0.9, 0.99), bf16), but RWKV-7's weights stay frozen: Bone (block-affine, r = 64: one trainable 64
-× out matrix D per target, zeros at init, DESIGN §4) on every att receptance/key/value/output and ffn
+× out matrix D per target, zeros at init, docs/architecture.md#parameter-efficient-fine-tuning) on every att receptance/key/value/output and ffn
 key/value matrix; the vision adapter and the bone parameters train (train.trainable = ("adapter", "peft")).
 The paper's lr is kept; parameter-efficient runs often take a larger one (--config.optim.lr=1e-4).
 

@@ -1,4 +1,4 @@
-"""Ablation: ModRWKV 0.4B phase I with CLIP ViT-L/14-336 in place of SigLIP2 (DESIGN §3, vision encoder).
+"""Ablation: ModRWKV 0.4B phase I with CLIP ViT-L/14-336 in place of SigLIP2 (docs/architecture.md, vision encoder).
 
 Identical to configs/modrwkv_0.4b_siglip2_phase1.py (adapter only, LLaVA-CC3M-595K, batch 256, lr 1e-3,
 one epoch of 2,326 steps, ctx 2048, bf16) except the frozen encoder: `openai/clip-vit-large-patch14-336`,

@@ -1,4 +1,4 @@
-"""ModRWKV 0.4B (RWKV-7 0.4B, 24 layers × 1024) + SigLIP2, phase II: instruction tuning (DESIGN §3).
+"""ModRWKV 0.4B (RWKV-7 0.4B, 24 layers × 1024) + SigLIP2, phase II: instruction tuning (docs/architecture.md).
 
 Trains the vision adapter and every RWKV-7 parameter; SigLIP2-B/16-384 stays frozen. Data: LLaVA-v1.5
 mix665k, one epoch (665,298 records at a global batch of 128: 5,198 steps), ctx 2048, lr 2e-5 (100

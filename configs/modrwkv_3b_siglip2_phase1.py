@@ -1,4 +1,4 @@
-"""ModRWKV 2.9B (RWKV-7 2.9B, 32 layers × 2560) + SigLIP2, phase I: align the vision adapter (DESIGN §3).
+"""ModRWKV 2.9B (RWKV-7 2.9B, 32 layers × 2560) + SigLIP2, phase I: align the vision adapter (docs/architecture.md).
 
 Trains the vision adapter only (m = 2, no compressor); the SigLIP2-B/16-384 encoder and RWKV-7 stay
 frozen. Data: LLaVA-CC3M-Pretrain-595K, one epoch (595,375 records at a global batch of 256: 2,326

@@ -1,5 +1,5 @@
 """Forecasting ETTh1 (oil temperature "OT", 96 hours ahead from 720) with a WaveNet encoder trained from scratch
-on top of a frozen RWKV-7 0.4B (DESIGN §3, time-series encoder and adapter).
+on top of a frozen RWKV-7 0.4B (docs/architecture.md, time-series encoder and adapter).
 
 Model: a WaveNet-style causal dilated conv stack (2 stacks of dilations 1..128, receptive field 511,
 RevIN normalisation, 256 output channels) trained from scratch (`train_encoder=True`), the series
@@ -7,7 +7,7 @@ adapter (MLP with hidden 4·C_in, m = 4 as Table 5 finds best), no compressor (7
 the forecasting head (`model.forecast_horizon = 96`, MSE in normalised units). RWKV-7 0.4B stays frozen:
 train.trainable = ("encoder", "adapter", "head"); add "rwkv" to fine-tune it too. Records have no text
 turns (`SeriesSource` without a prompt): the loss is the forecast MSE alone.
-Our choices where DESIGN gives no number: lr 1e-3 (100 warmup steps, cosine to 0), batch 32, 10 epochs
+Our choices where the paper gives no number: lr 1e-3 (100 warmup steps, cosine to 0), batch 32, 10 epochs
 of the training windows.
 
 Data: `{data.root}/timeseries/ETTh1.csv` (ETDataset: columns date, HUFL, HULL, MUFL, MULL, LUFL, LULL,
@@ -26,7 +26,7 @@ Expected files (all local):
 
 from modrwkv_jax.training.config import base_config, sibling
 
-LOOKBACK, HORIZON = 720, 96  # DESIGN §3
+LOOKBACK, HORIZON = 720, 96  # docs/architecture.md
 TRAIN_WINDOWS = 8640 - LOOKBACK - HORIZON + 1  # 7,825 (first 14,400 rows, 60 % train)
 BATCH = 32
 

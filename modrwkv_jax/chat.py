@@ -4,7 +4,7 @@
     chat.ask("What is in the picture?", image="cat.jpg")   # -> "A cat sitting on a sofa."
     chat.ask("What colour is it?")                          # continues from the carried RNN state
 
-Each turn feeds `[modality tokens] ++ "\\x16User: {text}\\x17\\x16Assistant:"` (DESIGN §3) on top of
+Each turn feeds `[modality tokens] ++ "\\x16User: {text}\\x17\\x16Assistant:"` (docs/architecture.md) on top of
 the state left by the previous turn, generates until token 24 ("\\x17"), and strips one leading
 space. Earlier images are never re-encoded: their information lives in the constant-size state.
 """
@@ -24,7 +24,7 @@ from modrwkv_jax.tokenizer import TURN_END_ID, world_tokenizer
 
 
 def user_turn(text: str) -> str:
-  """The inference prompt of one user turn (DESIGN §3)."""
+  """The inference prompt of one user turn (docs/architecture.md)."""
   return f"\x16User: {text}\x17\x16Assistant:"
 
 

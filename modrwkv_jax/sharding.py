@@ -1,4 +1,4 @@
-"""Sharding, declared once by name: the table of logical-axis rules and the mesh (DESIGN §6, STYLE.md).
+"""Sharding, declared once by name: the table of logical-axis rules and the mesh (docs/sharding.md, STYLE.md).
 
 Model code names the dimensions of every parameter and of the large activations with the logical
 names below; `RULES` maps each name to mesh axes of the ("data", "fsdp", "tensor") mesh, as
@@ -109,7 +109,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *, devices: Sequen
   """A ("data", "fsdp", "tensor") mesh over `devices` (default: all devices of all processes).
 
   One of the sizes may be −1: it takes the devices the others leave. Axes are `AxisType.Auto`
-  (classic GSPMD propagation, DESIGN §6).
+  (classic GSPMD propagation, docs/sharding.md).
   """
   devices = list(jax.devices() if devices is None else devices)
   sizes = [data, fsdp, tensor]

@@ -39,7 +39,7 @@ def check(name: str, value, ref, tol: float) -> float:
 
 
 def wkv7_inputs(key, B, T, H, N):
-  """WKV-7 inputs float32[B, T, H, N] drawn like RWKV-7 makes them (DESIGN §2.1), and a state.
+  """WKV-7 inputs float32[B, T, H, N] drawn like RWKV-7 makes them (docs/rwkv7.md#the-wkv-7-operator), and a state.
 
   log_w = −0.6065·σ(2·N(0, 1)), κ̂ L2-normalised per head, a = −κ̂, b = κ̂·σ(N(0, 1)); r, k, v ~ N(0, 1).
   Returns ((r, log_w, k, v, a, b), h0 float32[B, H, N, N] ~ 0.3·N(0, 1)).

@@ -1,4 +1,4 @@
-"""The float64 WKV-7 the op tests compare against: DESIGN §2.1 in plain NumPy, forward and backward.
+"""The float64 WKV-7 the op tests compare against: docs/rwkv7.md#the-wkv-7-operator in plain NumPy, forward and backward.
 
 Per head, with the state h[key, value] (our layout; the official S = hᵀ):
 

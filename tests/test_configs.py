@@ -1,7 +1,7 @@
 """Experiment configs (configs/*.py) and the config machinery of modrwkv_jax.training.config.
 
 Evidence that every config file loads, passes the schema and builds its library objects with no file
-present; that the paper recipes carry DESIGN §3's numbers (written here as literals, not read back from
+present; that the paper recipes carry docs/architecture.md's numbers (written here as literals, not read back from
 configs/common.py); that the RWKV-7 presets hold exactly the parameters the layer shapes of
 models/rwkv7.py imply (a closed form, checked with jax.eval_shape: nothing is compiled or allocated);
 and how overrides, `diff`, `check_files` and `pipeline_config` behave. Runs in seconds.
@@ -76,7 +76,7 @@ def test_config_loads_builds_and_round_trips(path, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# The paper recipes (DESIGN §3), as literal numbers.
+# The paper recipes (docs/architecture.md), as literal numbers.
 
 VISION_RECIPES = {  # file: (RWKV-7 preset, phase)
     "modrwkv_0.4b_siglip2_phase1.py": ("0.4B", 1), "modrwkv_0.4b_siglip2_phase2.py": ("0.4B", 2),
@@ -84,7 +84,7 @@ VISION_RECIPES = {  # file: (RWKV-7 preset, phase)
     "modrwkv_3b_siglip2_phase1.py": ("2.9B", 1), "modrwkv_3b_siglip2_phase2.py": ("2.9B", 2),
     "clip_0.4b_phase1.py": ("0.4B", 1), "bone_phase2.py": ("0.4B", 2), "lora_phase2.py": ("0.4B", 2),
 }
-# DESIGN §3: Phase I: adapter only, LLaVA-CC3M-595K (595,375 records), batch 256, lr 1e-3.
+# docs/architecture.md: Phase I: adapter only, LLaVA-CC3M-595K (595,375 records), batch 256, lr 1e-3.
 # Phase II: adapter + all RWKV parameters, LLaVA-665K (665,298 records), batch 128, lr 2e-5.
 PHASE = {1: dict(records=595_375, batch=256, lr=1e-3, trainable=("adapter",),
                  data="LLaVA-CC3M-Pretrain-595K/chat.json"),
@@ -121,10 +121,10 @@ def test_vision_recipe_has_the_paper_numbers(name):
   image = model.modality("image")
   assert not image.train_encoder
   assert image.projector.kind == "vision" and image.projector.compressor is None
-  assert image.projector.hidden_mult == 2  # DESIGN §3: m = 2 in the paper runs
+  assert image.projector.hidden_mult == 2  # docs/architecture.md: m = 2 in the paper runs
   assert c.init.rwkv_pth and c.init.encoder_hf.image
   assert c.init.from_checkpoint is None  # phase II: --config.init.from_checkpoint=runs/<phase 1>/checkpoints
-  # Encoder features per image (DESIGN §3): SigLIP2 576 × 768, CLIP (final layer incl. CLS) 577 × 1024.
+  # Encoder features per image (docs/architecture.md): SigLIP2 576 × 768, CLIP (final layer incl. CLS) 577 × 1024.
   tokens, width = (577, 1024) if name.startswith("clip") else (576, 768)
   assert modrwkv.num_tokens(model, "image", 0) == tokens
   assert image.projector.in_features == width
@@ -133,7 +133,7 @@ def test_vision_recipe_has_the_paper_numbers(name):
 def test_siglip2_pipeline_feeds_384_px_images():
   c = _with_root(_load("modrwkv_0.4b_siglip2_phase1.py"))
   pipe = C.pipeline_config(c, C.model_config(c), batch_size=2)
-  assert pipe.image.fixed_size == (384, 384)  # DESIGN §5: resize 384 × 384, mean = std = 0.5
+  assert pipe.image.fixed_size == (384, 384)  # docs/architecture.md#encoders: resize 384 × 384, mean = std = 0.5
   assert pipe.image.processor.image_mean == pipe.image.processor.image_std == (0.5, 0.5, 0.5)
 
 
@@ -147,7 +147,7 @@ def test_clip_pipeline_feeds_336_px_images():
                                                 ("asr_wavlm_0.4b.py", "wavlm", 1024)])
 def test_audio_recipe(name, encoder, width):
   c = _load(name)
-  # DESIGN §3 audio: lr 1e-4 (phase I), batch 32; one epoch of LibriSpeech 960 h (281,241 utterances).
+  # docs/architecture.md audio: lr 1e-4 (phase I), batch 32; one epoch of LibriSpeech 960 h (281,241 utterances).
   assert c.optim.lr == 1e-4 and c.train.batch_size == 32
   assert c.train.steps == math.ceil(281_241 / 32) == 8789
   assert tuple(c.train.trainable) == ("adapter",)
@@ -168,7 +168,7 @@ def test_audio_recipe(name, encoder, width):
     assert e.feat_extract_norm == "layer" and e.do_stable_layer_norm and not e.conv_bias
     assert c.data.audio.frontend == "wav2vec2"
   # 30 s of 16 kHz audio: 1500 encoder frames at 50 Hz, then the adapter's stride-2 conv (pad 2, k 3): 751
-  # tokens, about 25 per second (DESIGN §3).
+  # tokens, about 25 per second (docs/architecture.md).
   assert modrwkv.pipeline_num_tokens(model, "audio")(30 * 16000) == 751
 
 
@@ -177,7 +177,7 @@ def test_timeseries_recipe():
   model = C.model_config(c)
   series = model.modality("series")
   assert series.encoder == "wavenet" and series.train_encoder and "encoder" in c.train.trainable
-  assert series.projector.kind == "series" and series.projector.hidden_mult == 4  # DESIGN §3: m = 4
+  assert series.projector.kind == "series" and series.projector.hidden_mult == 4  # docs/architecture.md: m = 4
   assert model.forecast_horizon == 96
   (source,) = c.data.sources
   assert source["kind"] == "series" and source["path"] == "{root}/timeseries/ETTh1.csv"
@@ -202,7 +202,7 @@ def test_demo_builds_offline_and_is_small():
 
 
 def rwkv7_param_count(cfg: rwkv7.RWKV7Config) -> int:
-  """Parameters of an RWKV-7 model, from its shapes (DESIGN §2.2):
+  """Parameters of an RWKV-7 model, from its shapes (docs/formats.md#rwkv-lm-pth):
 
     top:        emb V·D + head V·D + ln0, ln_out 2·2·D
     per layer:  r, k, v, o 4·D²; ffn key + value 2·D·F;

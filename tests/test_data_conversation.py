@@ -1,4 +1,4 @@
-"""Chat template (DESIGN §3): token sequences, labels and modality positions against hand-built lists.
+"""Chat template (docs/architecture.md): token sequences, labels and modality positions against hand-built lists.
 
 Expectations are assembled by hand from the tokenizer's output for each turn string, independently of
 build_example's segment logic; the ids of "\\x16Assistant:" are pinned from the World vocabulary.
@@ -78,7 +78,7 @@ def test_placeholder_layout_two_images():
 
 
 def test_asr_record_audio_then_assistant():
-  # AudioManifestSource's ASR record: preamble "<audio>", one assistant turn (DESIGN §7).
+  # AudioManifestSource's ASR record: preamble "<audio>", one assistant turn (docs/evaluation.md).
   for layout in C.LAYOUTS:
     ex = C.build_example([{"from": "gpt", "value": "three one"}], {"audio": [4]}, preamble="<audio>",
                          layout=layout)

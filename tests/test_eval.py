@@ -147,7 +147,7 @@ def test_batched_generation_equals_one_by_one(setup):
 
 
 def test_prompt_tokens_are_the_inference_prompt(setup):
-  """The prepared prompt is [image tokens] ++ tok("\\x16User: q\\x17") ++ tok("\\x16Assistant:") (DESIGN §3)."""
+  """The prepared prompt is [image tokens] ++ tok("\\x16User: q\\x17") ++ tok("\\x16Assistant:") (docs/architecture.md)."""
   from modrwkv_jax.data import conversation
   from modrwkv_jax.tokenizer import world_tokenizer
   tok = world_tokenizer()
@@ -311,7 +311,7 @@ def test_cli_demo_task_and_report(setup, tmp_path, capsys):
 
 
 def test_report_with_paper_numbers(tmp_path):
-  """--report: runs side by side, the paper's column for the model size the runs share (DESIGN §7)."""
+  """--report: runs side by side, the paper's column for the model size the runs share (docs/evaluation.md)."""
   for name, score in (("a", 70.0), ("b", 71.5)):
     os.makedirs(tmp_path / name)
     json.dump({"task": "vqav2", "model_size": "0.4B", "scores": {"accuracy": score, "n_scored": 5}},

@@ -162,7 +162,7 @@ def test_configs_from_preprocessor_json(tmp_path, image_files):
 
 
 def test_siglip2_384_style_defaults():
-  """SigLIP2-B/16-384 preprocessing (DESIGN §5): 384×384 bilinear, 1/255, mean = std = 0.5 -> values in [−1, 1]."""
+  """SigLIP2-B/16-384 preprocessing (docs/architecture.md#encoders): 384×384 bilinear, 1/255, mean = std = 0.5 -> values in [−1, 1]."""
   config = im.processor_config_from_hf({"image_processor_type": "SiglipImageProcessor", "resample": 2,
                                         "size": {"height": 384, "width": 384}, "image_mean": [0.5] * 3,
                                         "image_std": [0.5] * 3, "rescale_factor": 1 / 255})

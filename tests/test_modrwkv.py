@@ -1,6 +1,6 @@
 """ModRWKV: projectors vs torch modules, splicing in both layouts, loss, gradients, generation, Chat.
 
-References: torch `nn.Conv1d` / `nn.Linear` / `nn.LayerNorm` stacks for the adapters (DESIGN §3);
+References: torch `nn.Conv1d` / `nn.Linear` / `nn.LayerNorm` stacks for the adapters (docs/architecture.md);
 hand-built embedding sequences for the layouts; one full forward for token-by-token decoding.
 """
 

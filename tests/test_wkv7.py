@@ -1,9 +1,9 @@
 """WKV-7 op (impl="reference", the lax.scan) vs the float64 NumPy recurrence of tests/reference.py.
 
 The reference itself is checked first: against the official formula in its own layout S[value, key]
-(DESIGN §2.1), S_t = S_{t-1} (diag(w_t) + a_t b_tᵀ) + v_t k_tᵀ, o_t = S_t r_t, and its hand-written
+(docs/rwkv7.md#the-wkv-7-operator), S_t = S_{t-1} (diag(w_t) + a_t b_tᵀ) + v_t k_tᵀ, o_t = S_t r_t, and its hand-written
 backward against central finite differences, both in float64 (agreement < 1e-9 and < 1e-6).
-Tolerances for the op (relative RMS vs float64, DESIGN §2.1): fp32 < 1e-5; bf16 inputs < 1e-2
+Tolerances for the op (relative RMS vs float64, docs/rwkv7.md#the-wkv-7-operator): fp32 < 1e-5; bf16 inputs < 1e-2
 forward, < 2e-2 gradients.
 """
 

@@ -1,7 +1,7 @@
 """Chunked WKV-7 (plain-JAX WY form, forward and hand-written backward) vs the float64 recurrence.
 
 Reference: tests/reference.py (`wkv7`, and `wkv7_vjp` for the gradients of Σ out·d_out + Σ state·d_state),
-never our own scan. DESIGN §2.1 tolerances (relative RMS vs float64): fp32 < 1e-5 forward and
+never our own scan. docs/rwkv7.md#the-wkv-7-operator tolerances (relative RMS vs float64): fp32 < 1e-5 forward and
 gradients; bf16 inputs < 1e-2 forward, < 2e-2 gradients.
 """
 

@@ -1,7 +1,7 @@
 """Pallas WKV-7 kernels (CPU interpret mode) vs the float64 recurrence; GPU/TPU lowering.
 
 Reference: tests/reference.py (`wkv7` forward, `wkv7_vjp` for the gradients of
-Σ out·d_out + Σ state·d_state), float64 NumPy. Tolerances (DESIGN §2.1, relative RMS vs float64):
+Σ out·d_out + Σ state·d_state), float64 NumPy. Tolerances (docs/rwkv7.md#the-wkv-7-operator, relative RMS vs float64):
 fp32 < 1e-5 forward and gradients; bf16 inputs < 1e-2 forward, < 2e-2 gradients. Both kernel
 layouts run: "interpret" is the GPU kernel (grid over B·H, chunk loop inside), "interpret_grid"
 the TPU kernel (grid over B·H × chunks, state in scratch). Interpret mode is slow, so shapes are

@@ -38,7 +38,7 @@ BLOCK0_V = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
 
 
 def random_rwkv7(config, seed):
-  """A random RWKV-7 state dict (RWKV-LM names and shapes, DESIGN §2.2) with trained-like scales, drawn here in
+  """A random RWKV-7 state dict (RWKV-LM names and shapes, docs/formats.md#rwkv-lm-pth) with trained-like scales, drawn here in
   NumPy: LayerNorms 1 ± 0.2, token-shift mixes in (0, 1), decays spread over their range, LoRA halves ~0.1,
   projections ~1/√fan_in. Block 0 has no v0/v1/v2, as WorldRWKV's trainer saves it."""
   rng = np.random.default_rng(seed)

@@ -25,7 +25,7 @@ HUB_REPO = {"0.4B": "WorldRWKV/RWKV7-0.4B-siglip2", "1.5B": "WorldRWKV/RWKV7-1.5
 CHECKPOINT = {"0.4B": "weights/RWKV7-0.4B-siglip2/rwkv-0.pth", "1.5B": "weights/RWKV7-1.5B-siglip2/rwkv-0.pth",
               "2.9B": "weights/RWKV7-3B-siglip2/rwkv-0.pth"}
 ADAPTER_HIDDEN_MULT = 2  # VisualAdapter hidden = project_dim * 2 in the released models' code (worldrwkv.py notes)
-IMAGE_SIZE = 384  # SigLIP2-B/16-384: resize 384 × 384 bilinear, scale 1/255, mean = std = 0.5 (DESIGN §5)
+IMAGE_SIZE = 384  # SigLIP2-B/16-384: resize 384 × 384 bilinear, scale 1/255, mean = std = 0.5 (docs/architecture.md#encoders)
 
 
 def released_config(preset: str):
@@ -34,7 +34,7 @@ def released_config(preset: str):
   c.name = f"released_modrwkv_{preset.lower()}_siglip2"
   c.seed = 0
 
-  # RWKV-7 sizes of the preset (DESIGN §2.2); WorldRWKV's inference runs in bf16 ("cuda bf16").
+  # RWKV-7 sizes of the preset (docs/formats.md#rwkv-lm-pth); WorldRWKV's inference runs in bf16 ("cuda bf16").
   c.model.rwkv = dict(preset=preset, dtype="bfloat16")
   c.model.max_length = shared.CONTEXT  # ctx_len 2048 in training: 576 image tokens + the conversation
   c.model.forecast_horizon = 0

@@ -4,7 +4,7 @@ RWKV-7 0.4B (24 layers × 1024) + SigLIP2, for evaluation.
 Architecture (modrwkv_jax/models/worldrwkv.py notes): frozen google/siglip2-base-patch16-384 (576 × 768 per
 384 × 384 image), vision adapter h = W2·relu(W1 x + b1) + b2 with hidden 2·D, out = h + LayerNorm(h), no
 compressor; the image tokens precede "\\x16User: {question}\\x17Assistant:"; greedy, stop at token 24.
-Scores the authors report (model card; DESIGN §7): VQAv2 72.04, TextVQA 38.75, GQA 55.52,
+Scores the authors report (model card; docs/evaluation.md): VQAv2 72.04, TextVQA 38.75, GQA 55.52,
 ScienceQA-IMG 43.32.
 
 Expected files (downloaded by the user; nothing is fetched at run time):

@@ -4,7 +4,7 @@ RWKV-7 1.5B (24 layers × 2048) + SigLIP2, for evaluation.
 Architecture (modrwkv_jax/models/worldrwkv.py notes): frozen google/siglip2-base-patch16-384 (576 × 768 per
 384 × 384 image), vision adapter h = W2·relu(W1 x + b1) + b2 with hidden 2·D, out = h + LayerNorm(h), no
 compressor; the image tokens precede "\\x16User: {question}\\x17Assistant:"; greedy, stop at token 24.
-Scores: none published that we found (DESIGN §7 has none; the 1.5B model card was not seen).
+Scores: none published that we found (docs/evaluation.md has none; the 1.5B model card was not seen).
 
 Expected files (downloaded by the user; nothing is fetched at run time):
   weights/RWKV7-1.5B-siglip2/rwkv-0.pth

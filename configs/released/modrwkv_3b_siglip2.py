@@ -5,7 +5,7 @@ Architecture (modrwkv_jax/models/worldrwkv.py notes): frozen google/siglip2-base
 384 × 384 image), vision adapter h = W2·relu(W1 x + b1) + b2 with hidden 2·D, out = h + LayerNorm(h), no
 compressor; the image tokens precede "\\x16User: {question}\\x17Assistant:"; greedy, stop at token 24.
 Scores the authors report (model card): VQAv2 78.30, TextVQA 51.09, GQA 60.75, ScienceQA-IMG 70.93;
-the paper (DESIGN §7) adds POPE 87.1, MMB 66.6, MMMU 38.7.
+the paper (docs/evaluation.md) adds POPE 87.1, MMB 66.6, MMMU 38.7.
 
 Expected files (downloaded by the user; nothing is fetched at run time):
   weights/RWKV7-3B-siglip2/rwkv-0.pth

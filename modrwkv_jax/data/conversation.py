@@ -1,6 +1,6 @@
 """The chat template of ModRWKV: turns + modality items -> token ids, labels and modality positions.
 
-The paper-era "visual" format (DESIGN §3), one tokenizer call per turn and the results concatenated:
+The paper-era "visual" format (docs/architecture.md), one tokenizer call per turn and the results concatenated:
 
   [modality tokens] ++ tok("\\x16User: {question}\\x17") ++ tok("\\x16Assistant: {answer}\\x17") ++ ...
 
@@ -14,9 +14,9 @@ Two layouts place the modality tokens:
 
 A record may also carry a `preamble`: text before the first turn that is not wrapped in a turn and never
 a target. Audio records use it for their placeholder ("<audio>") so that ASR, whose format has no user
-turn (`[audio] ++ tok("\\x16Assistant: {transcript}\\x17")`, DESIGN §7), looks the same in both layouts.
+turn (`[audio] ++ tok("\\x16Assistant: {transcript}\\x17")`, docs/evaluation.md), looks the same in both layouts.
 
-Labels (our reading of DESIGN §3, the same as the official code, which masks the *input* copy of the
+Labels (our reading of docs/architecture.md, the same as the official code, which masks the *input* copy of the
 labels and shifts by one in the loss): `labels[t]` is the target of the logits at position t, i.e.
 `tokens[t + 1]` when position t + 1 is a token of an assistant turn — all of "\\x16Assistant: ",
 the answer and the closing "\\x17" — and −100 otherwise (user turns, preamble, modality positions,
@@ -268,7 +268,7 @@ def build_example(turns, num_tokens: Mapping[str, Sequence[int]] | None = None, 
 
 
 def prompt_text(question: str | None) -> str:
-  """The inference prompt of DESIGN §3: "\\x16User: {q}\\x17\\x16Assistant:" (no question: "\\x16Assistant:")."""
+  """The inference prompt of docs/architecture.md: "\\x16User: {q}\\x17\\x16Assistant:" (no question: "\\x16Assistant:")."""
   head = "" if question is None else USER_PREFIX + question + TURN_END
   return head + ASSISTANT_PREFIX.rstrip(" ")
 

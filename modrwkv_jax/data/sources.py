@@ -30,7 +30,7 @@ File formats (one example each in README "Data formats"):
   * LLaVA: a JSON list or JSONL of {"id", "image": relative path or list, "conversations": [...]};
     text-only records omit "image"; "audio" / "series" keys (paths) are read the same way.
   * Audio manifest: JSONL of {"id", "audio": path, "text": transcript or answer, "question": optional}.
-    Without a question a record is ASR: [audio] ++ "\\x16Assistant: {text}\\x17" (DESIGN §7).
+    Without a question a record is ASR: [audio] ++ "\\x16Assistant: {text}\\x17" (docs/evaluation.md).
   * Time series: a CSV (header row; one time column is ignored; one or more value columns) or an NPZ
     (an array float[N] or float[N, C]) cut into windows of `context` steps followed by `horizon`
     target steps every `stride` steps, split by time (see `SeriesSource`).

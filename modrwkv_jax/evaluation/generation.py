@@ -6,7 +6,7 @@
 A record is the data pipeline's common schema (`data.sources.make_record`) whose `conversations` hold
 the prompt only (no final assistant turn). `prepare_prompt` reads its media exactly as training does
 (`data.transforms.prepare_record`: same image processor, audio front end, series windows) and builds the
-inference prompt of DESIGN §3: `[modality tokens] ++ tok("\\x16User: {q}\\x17") ++ tok("\\x16Assistant:")`
+inference prompt of docs/architecture.md: `[modality tokens] ++ tok("\\x16User: {q}\\x17") ++ tok("\\x16Assistant:")`
 (`[audio] ++ tok("\\x16Assistant:")` for ASR). A batch of prompts is collated with the training collator
 (right padding, static row count), its modality items are encoded and spliced once
 (`modrwkv.embed_inputs`, jitted), the padded prompts are prefilled in parallel with the padding mask,
@@ -39,7 +39,7 @@ _PROBE_ANSWER = {"from": "gpt", "value": "."}
 
 @dataclasses.dataclass(frozen=True)
 class Answer:
-  """One generated answer: `text` with the stop token removed and one leading space stripped (DESIGN §3)."""
+  """One generated answer: `text` with the stop token removed and one leading space stripped (docs/architecture.md)."""
   text: str
   token_ids: tuple[int, ...]
   stopped: bool  # the stop token came before max_new_tokens ran out
@@ -70,7 +70,7 @@ def prepare_prompt(record: Mapping, config, prompt_format: str = "design") -> tr
     record: common-schema record; `conversations` are the prompt turns (user turns, or earlier
       user/assistant pairs for a multi-turn context; empty for ASR, where the preamble holds "<audio>").
     config: the data.PipelineConfig of the model (`training.config.pipeline_config`).
-    prompt_format: "design" (DESIGN §3, what train.py trains) or "worldrwkv" (the released WorldRWKV
+    prompt_format: "design" (docs/architecture.md, what train.py trains) or "worldrwkv" (the released WorldRWKV
       checkpoints: [modality tokens] ++ tok("\x16User: {q}\x17Assistant:"); one user turn, prefix layout).
   Raises:
     RecordError (file, record id, field) on unreadable media or a prompt longer than `max_length`.

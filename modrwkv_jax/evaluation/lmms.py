@@ -10,7 +10,7 @@ task, split)), reads each document's images through `doc_to_visual(self.task_dic
 and answers them in batches with `generation.BatchGenerator` (same preprocessing and prompt as eval.py:
 [image tokens] ++ "\\x16User: {context}\\x17\\x16Assistant:"), greedy, cut at the first `until` string. Only
 greedy decoding (temperature 0) and images are supported; `loglikelihood` and multi-round generation raise.
-lmms-eval differs from LLaVA's scripts in prompts and scorers (DESIGN §7): report which produced a number.
+lmms-eval differs from LLaVA's scripts in prompts and scorers (docs/evaluation.md): report which produced a number.
 
 Needs `lmms-eval` (`pip install lmms-eval`; the test environment installs only its API package, see the
 Makefile).

@@ -1,4 +1,4 @@
-"""The official benchmark scorers (DESIGN §7), as pure functions of model outputs and references.
+"""The official benchmark scorers (docs/evaluation.md), as pure functions of model outputs and references.
 
 Each scorer follows one official file, cited in its docstring with the commit read, and says where
 it differs (only ever at the boundary: we refuse malformed input where the original crashes or

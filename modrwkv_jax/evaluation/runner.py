@@ -27,7 +27,7 @@ import numpy as np
 from modrwkv_jax.data.sources import RecordError
 from modrwkv_jax.evaluation import generation, tasks
 
-# Paper numbers (DESIGN §7), by RWKV-7 shape (n_layer, n_embd): {metric key: value}.
+# Paper numbers (docs/evaluation.md), by RWKV-7 shape (n_layer, n_embd): {metric key: value}.
 PAPER = {
     "3B": {"vqav2/accuracy": 78.3, "gqa/accuracy": 60.8, "scienceqa/accuracy_image": 70.9,
            "textvqa/accuracy": 51.1, "pope/f1": 87.1, "mmbench/accuracy": 66.6},

@@ -3,7 +3,7 @@
 Every task turns its files into `Question`s whose `record` is the data pipeline's common record schema
 (prompt turns only), so questions are read, preprocessed and batched exactly like training data. Scores
 are computed from the rows of `predictions.jsonl` alone (`score(rows)`), so a resumed or re-scored run
-gives the same numbers. Prompts follow LLaVA-1.5's evaluation scripts (DESIGN §7); file layouts are
+gives the same numbers. Prompts follow LLaVA-1.5's evaluation scripts (docs/evaluation.md); file layouts are
 LLaVA's `playground/data/eval/<task>` folders (`default_files`), each path overridable.
 
 | task       | files (defaults under --data)                                                  | score |

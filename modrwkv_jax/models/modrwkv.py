@@ -1,4 +1,4 @@
-"""ModRWKV: modality encoders → compressor → adapter → tokens spliced into RWKV-7's input (DESIGN §3).
+"""ModRWKV: modality encoders → compressor → adapter → tokens spliced into RWKV-7's input (docs/architecture.md).
 
     items (image / audio / series)  --encoder (frozen unless configured)-->  float[N, L, C_enc]
       --projector (Conv1d compressor, adapter)-->  float32[N, L', D]

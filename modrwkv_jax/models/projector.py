@@ -1,4 +1,4 @@
-"""From encoder features to RWKV embeddings: the sequence compressor and the modality adapters (DESIGN §3).
+"""From encoder features to RWKV embeddings: the sequence compressor and the modality adapters (docs/architecture.md).
 
   compressor        Conv1d(C_enc → C_enc, kernel k, stride s, no bias, no padding): L' = ⌊(L − k)/s⌋ + 1
   vision adapter    h = W2·relu(W1 x + b1) + b2 (W1: C_enc → m·D, W2: m·D → D); out = h + LayerNorm(h)
@@ -27,7 +27,7 @@ ADAPTERS = ("vision", "audio", "series")
 class ProjectorConfig:
   """One modality's compressor + adapter.
 
-  kind: "vision", "audio" or "series" (the adapter of DESIGN §3).
+  kind: "vision", "audio" or "series" (the adapter of docs/architecture.md).
   in_features: C_enc, the encoder's feature width.
   out_features: D, the RWKV embedding width.
   compressor: (kernel, stride) of the Conv1d compressor, or None (identity).

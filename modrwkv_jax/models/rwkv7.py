@@ -1,6 +1,6 @@
 """RWKV-7 "Goose" (x070) language model in Flax linen, with official-checkpoint import and export.
 
-Formulas and shapes are those of DESIGN §2. Reading order: config and presets, the from-scratch
+Formulas and shapes are those of docs/rwkv7.md. Reading order: config and presets, the from-scratch
 initialisation of RWKV-LM, token shift, the layers (TimeMix, ChannelMix, Block), the model, the
 recurrent state, the pure-function surface (`init_params`, `forward`, `embed`), and last the
 checkpoint formats (`load_pth`, `save_pth`, `load_safetensors`).
@@ -102,7 +102,7 @@ class RWKV7Config:
     return dataclasses.replace(self, **kwargs)
 
 
-# Released RWKV-7 World / G1 sizes (DESIGN §2.2): (n_layer, n_embd, dim_w, dim_a, dim_v, dim_g).
+# Released RWKV-7 World / G1 sizes (docs/formats.md#rwkv-lm-pth): (n_layer, n_embd, dim_w, dim_a, dim_v, dim_g).
 PRESETS: dict[str, RWKV7Config] = {
     name: RWKV7Config(n_layer=l, n_embd=d, dim_w=w, dim_a=a, dim_v=v, dim_g=g, dim_ffn=4 * d)
     for name, (l, d, w, a, v, g) in {
@@ -121,7 +121,7 @@ def preset(name: str, **overrides) -> RWKV7Config:
 
 
 # ---------------------------------------------------------------------------------------------
-# From-scratch initialisation (RWKV-LM train_temp, DESIGN §2.2).
+# From-scratch initialisation (RWKV-LM train_temp, docs/formats.md#rwkv-lm-pth).
 
 
 def _layer_init_values(config: RWKV7Config, layer, xp=np) -> dict:
@@ -266,7 +266,7 @@ ACT = ("batch", "length", "act_embed")
 
 
 class TimeMix(nn.Module):
-  """RWKV-7 time mixing (attention replacement) of one layer, DESIGN §2 table.
+  """RWKV-7 time mixing (attention replacement) of one layer, docs/rwkv7.md table.
 
   layer: the layer index, a Python int (unrolled layers) or a traced int32 scalar (scanned layers,
   where every layer holds the value-residual params and layer 0 ignores them).
@@ -539,7 +539,7 @@ def abstract_params(config: RWKV7Config, mesh=None) -> dict:
 
 
 def init_params(config: RWKV7Config, key: jax.Array, *, mesh=None) -> dict:
-  """From-scratch parameters (RWKV-LM initialisation, DESIGN §2.2) as a plain float32 nested dict.
+  """From-scratch parameters (RWKV-LM initialisation, docs/formats.md#rwkv-lm-pth) as a plain float32 nested dict.
 
   With `mesh`, every leaf is created directly in its sharding (`sharding.logical_to_mesh` of
   `param_logical_axes`): the full weights never sit on one device.
@@ -772,7 +772,7 @@ def _stacked_path(path: tuple[str, ...]) -> tuple[tuple[str, ...], int | None]:
 
 def params_from_state_dict(sd: Mapping[str, np.ndarray], config: RWKV7Config | None = None, *,
                            source: str = "checkpoint", param_dtype=jnp.float32, mesh=None, **config_overrides):
-  """Official RWKV-LM state dict (names of DESIGN §2.2) -> (config, params), never running the
+  """Official RWKV-LM state dict (names of docs/formats.md#rwkv-lm-pth) -> (config, params), never running the
   initialiser. The layout follows config.scan_layers (stacked "blocks" or "blocks_0" ...); with
   `mesh` each leaf is placed on its sharding as it is converted."""
   found = config_from_state_dict(sd, source, **({} if config is not None else config_overrides))

@@ -1,4 +1,4 @@
-"""The authors' released ModRWKV checkpoints (WorldRWKV) in and out of our ModRWKV (DESIGN §3, §8).
+"""The authors' released ModRWKV checkpoints (WorldRWKV) in and out of our ModRWKV (docs/architecture.md, docs/formats.md).
 
 `load_worldrwkv(path, encoder_hf)` reads the three on-disk forms WorldRWKV has used for a
 SigLIP(2) vision model into (ModRWKVConfig, params), without torch and without running pickle code
@@ -19,7 +19,7 @@ Released models and their form
 
 Form A: one `.pth` (35ab588, src/trainer.py `on_train_epoch_end`, world/model.py, world/world_load.py)
   `pl_module.state_dict()` of `RWKV(args, modality=WorldEncoder(...))`, so
-    RWKV-7 keys at the top level, exactly DESIGN §2.2's names, but no `blocks.0.att.v0/v1/v2`
+    RWKV-7 keys at the top level, exactly docs/formats.md#rwkv-lm-pth's names, but no `blocks.0.att.v0/v1/v2`
       (src/rwkv7/Time_mix.py creates v0/v1/v2 only for layer_id != 0);
     modality.world_encoder.adapter.proj.0.{weight [m·D, C_enc], bias [m·D]}      nn.Linear
     modality.world_encoder.adapter.proj.2.{weight [D, m·D], bias [D]}            nn.Linear
@@ -52,7 +52,7 @@ Form A: one `.pth` (35ab588, src/trainer.py `on_train_epoch_end`, world/model.py
   at most 500 new tokens; the answer's first character (a space) is cut (`output[1:]`). Training text
   (world/dataset.py `process_conversation_text`, data_type 'hf_img'): "\\x16" + "User: {human}\\x17" +
   "Assistant: {gpt}\\x17" + ... (one \\x16 at the start, no \\x16 before "Assistant:"; LLaVA's "<image>"
-  is not removed). NB this differs from DESIGN §3's "\\x16User: {q}\\x17\\x16Assistant:".
+  is not removed). NB this differs from docs/architecture.md's "\\x16User: {q}\\x17\\x16Assistant:".
 
 Form B: one `.pth` (a6c29be13b8e76fa8921eaa272a0a68ce72ed915, 2025-08-09 "reconstruction", world/model.py
   `ModRWKV` with `self.encoder`, `self.proj`, `self.llm`; through 642146d5f6e0760d1ee3e9fbeeea884fccf66dc7)
@@ -394,7 +394,7 @@ def load_worldrwkv(path: str | os.PathLike, encoder_hf: str | os.PathLike | None
     param_dtype: dtype of the returned params (fp32 / bf16 / fp16 files are widened exactly first).
     scan_layers: the stacked layer layout for RWKV-7 and the encoder.
     max_length: ModRWKVConfig.max_length.
-  Every size comes from tensor shapes (RWKV-7: DESIGN §2.2; adapter: m = hidden / D; compressor from a
+  Every size comes from tensor shapes (RWKV-7: docs/formats.md#rwkv-lm-pth; adapter: m = hidden / D; compressor from a
   `conv` weight); nothing is initialised at random; a missing, mis-shaped or unexpected tensor is a
   ValueError naming the file and the file's key.
   Returns:

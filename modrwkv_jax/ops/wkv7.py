@@ -1,4 +1,4 @@
-"""The WKV-7 operator: RWKV-7's generalised delta-rule recurrence (DESIGN §2.1).
+"""The WKV-7 operator: RWKV-7's generalised delta-rule recurrence (docs/rwkv7.md#the-wkv-7-operator).
 
 Per batch element and head, with the state h[key, value] (h = Sᵀ of the official S[value, key]):
 
@@ -25,7 +25,7 @@ there (the state then passes unchanged) and must not let a padding position chan
   pallas     the same chunk algebra as Pallas kernels (pallas_kernels/wkv7): Triton on GPUs, Mosaic
              on TPUs, interpret mode on the CPU (correct but slow: for tests).
 
-`impl="auto"` follows DESIGN: pallas on GPU/TPU, chunked on the CPU; a single step (T = 1,
+`impl="auto"`: pallas on GPU/TPU, chunked on the CPU; a single step (T = 1,
 decoding) always runs the plain recurrence.
 
 Sharding: the recurrence is independent per (batch, head). Given `partition` (the mesh axes of the

@@ -1,4 +1,4 @@
-"""Chunked WKV-7 in plain JAX: the WY/UT form of DESIGN §2.1 with a hand-written backward.
+"""Chunked WKV-7 in plain JAX: the WY/UT form of docs/rwkv7.md#the-wkv-7-operator with a hand-written backward.
 
 Within a chunk of C steps everything is dense C×C and C×N algebra, parallel over batch, heads and
 chunks; only the state hand-off between chunks is a `lax.scan` (forward) / reverse scan (backward).

@@ -1,6 +1,6 @@
 """Parameter-efficient fine-tuning for RWKV-7: Bone and Bat (bone.py), LoRA and PiSSA (lora.py), and
 the param-tree surface that adds, trains, merges and saves them in the unrolled and the scanned
-layer layout (adapters.py). DESIGN §4."""
+layer layout (adapters.py). docs/architecture.md#parameter-efficient-fine-tuning."""
 
 from modrwkv_jax.peft.adapters import (ADAPTER_LEAVES, RWKV7_TARGETS, TRAINABLE_LEAVES, PeftConfig, adapter_leaves,
                                        add_adapters, combine, count_params, layer_path, linear, load_adapters,

@@ -1,4 +1,4 @@
-"""Adapters on a param tree: configure, add, train only them, merge, save (DESIGN §4).
+"""Adapters on a param tree: configure, add, train only them, merge, save (docs/architecture.md#parameter-efficient-fine-tuning).
 
 An adapter lives next to the kernel it adapts, so a param tree stays a plain nested dict that
 describes itself:
@@ -93,7 +93,7 @@ def merged_kernel(node: Mapping[str, Any]) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 # Config.
 
-# RWKV-7 targets (DESIGN §4): att receptance/key/value/output and ffn key/value; not emb, not head,
+# RWKV-7 targets (docs/architecture.md#parameter-efficient-fine-tuning): att receptance/key/value/output and ffn key/value; not emb, not head,
 # not the small w/a/v/g LoRAs. Patterns are searched in the "/"-joined path of a module holding a
 # "kernel", so they also find the RWKV-7 inside a larger (ModRWKV) tree; "blocks(_\d+)?" matches
 # the unrolled layers blocks_<i> and the stacked subtree "blocks" of the scanned layout.
@@ -285,7 +285,7 @@ def partition(params: Mapping, mask: Mapping) -> tuple[dict, dict]:
   """Splits params into (trainable, frozen) nested dicts by a bool mask; empty branches are dropped.
 
   Give `trainable` alone to the optimizer and to `jax.grad`: frozen weights get neither gradient
-  buffers nor optimizer state (DESIGN §4).
+  buffers nor optimizer state (docs/architecture.md#parameter-efficient-fine-tuning).
   """
   trainable, frozen = {}, {}
   for k, v in params.items():

@@ -1,6 +1,6 @@
 """Bone and Bat (arXiv 2409.15371; HF peft `MissConfig`), as pure functions on Flax kernels.
 
-DESIGN §4 in Flax layout. A kernel is K = Wᵀ, float[in, out], and a layer computes y = x K.
+docs/architecture.md#parameter-efficient-fine-tuning in Flax layout. A kernel is K = Wᵀ, float[in, out], and a layer computes y = x K.
 Reading order: Bone (init, apply, merge, unmerge), then Bat (the same four), each next to its formula.
 
 Bone ("block affine", peft MiSS default) trains one shared block D float[r, out], zeros at init.

@@ -1,4 +1,4 @@
-"""LoRA and its PiSSA initialisation, as pure functions on Flax kernels (DESIGN §4; HF peft `LoraConfig`).
+"""LoRA and its PiSSA initialisation, as pure functions on Flax kernels (docs/architecture.md#parameter-efficient-fine-tuning; HF peft `LoraConfig`).
 
 A kernel is K = Wᵀ, float[in, out]. LoRA adds a rank-r update in the same "x @ A" layout as the
 kernel: a = lora_Aᵀ float[in, r], b = lora_Bᵀ float[r, out], and

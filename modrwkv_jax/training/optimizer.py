@@ -1,4 +1,4 @@
-"""Parameter groups and the optimizer (DESIGN §3): what trains, at which learning rate, with which decay.
+"""Parameter groups and the optimizer (docs/architecture.md): what trains, at which learning rate, with which decay.
 
 Parameter groups are config: `train.trainable` lists named groups and/or regular expressions searched in
 the "/"-joined parameter path (e.g. "rwkv/blocks/att/receptance/kernel", "projectors/image/fc1/kernel"):

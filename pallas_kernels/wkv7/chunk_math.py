@@ -1,6 +1,6 @@
 """One chunk of WKV-7, forward and backward, as straight-line array algebra for Pallas kernel bodies.
 
-These functions hold the WY/UT formulas of DESIGN §2.1 for a single (batch, head) pair and a single
+These functions hold the WY/UT formulas of docs/rwkv7.md#the-wkv-7-operator for a single (batch, head) pair and a single
 chunk of C steps. They take and return plain arrays (already loaded from refs), so the same code is
 the body of every kernel layout (GPU chunk loop, TPU chunk grid, CPU interpret mode).
 

@@ -280,7 +280,7 @@ def _wkv7_pallas(r, log_w, k, v, a, b, initial_state, seg, chunk_size, backend):
 
 
 def wkv7_pallas(r, log_w, k, v, a, b, initial_state, chunk_size=16, backend=None, segment_ids=None):
-  """WKV-7 through the Pallas kernels; the contract of `modrwkv_jax.ops.wkv7` (DESIGN §2.1).
+  """WKV-7 through the Pallas kernels; the contract of `modrwkv_jax.ops.wkv7` (docs/rwkv7.md#the-wkv-7-operator).
 
   Args:
     r, log_w, k, v, a, b: float[B, T, H, N] (fp32 or bf16; computed in fp32 inside the kernel).

@@ -1,6 +1,6 @@
 """The CLIP vision tower in Flax linen, loaded from local Hugging Face snapshots.
 
-CLIP ViT (DESIGN §3, the ModRWKV ablation `openai/clip-vit-large-patch14-336`): a bias-free stride-p
+CLIP ViT (docs/architecture.md, the ModRWKV ablation `openai/clip-vit-large-patch14-336`): a bias-free stride-p
 patch convolution, a learned class token prepended, learned position embeddings for 1 + (H/p)²
 positions, `pre_layrnorm` (sic, the HF name; ours is `pre_layernorm`), pre-LN encoder blocks with a
 quick-GELU MLP (x·σ(1.702x)), and a `post_layernorm` that HF applies to the CLS token only (the

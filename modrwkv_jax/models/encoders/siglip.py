@@ -1,6 +1,6 @@
 """SigLIP and SigLIP2 vision towers in Flax linen, loaded from local Hugging Face snapshots.
 
-Two input forms share one transformer (DESIGN §3, §5):
+Two input forms share one transformer (docs/architecture.md, docs/architecture.md#encoders):
 - fixed resolution (HF model_type `siglip`; SigLIP and the fixed-resolution SigLIP2 checkpoints such
   as `google/siglip2-base-patch16-384`, ModRWKV's vision encoder): pixels float[B, H, W, 3] with
   H = W = image_size, a stride-p patch convolution, learned position embeddings for the
