@@ -33,7 +33,10 @@ def setup(tmp_path_factory):
   config = config_lib.apply_overrides(config_lib.load_config_file(TINY), [f"data.cache_dir='{base / 'cache'}'"])
   from modrwkv_jax.training import data as data_lib
   data_lib.prepare(config)
-  config, model, params, desc = runner.load_model(config, None)
+  # Random weights without a mesh (eval.py's own loading, runner.load_model, runs in the CLI test).
+  from modrwkv_jax.models import modrwkv
+  model = config_lib.model_config(config)
+  params = jax.device_get(modrwkv.init_params(model, jax.random.key(config.seed)))
   pipeline = runner.eval_pipeline(config, model, BATCH)
   return {"base": base, "config": config, "model": model, "params": params, "pipeline": pipeline}
 
