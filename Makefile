@@ -31,12 +31,24 @@ demo: $(STAMP)
 	$(PY) train.py --config configs/demo.py --workdir runs/demo
 	$(PY) -m modrwkv_jax.demo --workdir runs/demo
 
-bench: $(STAMP)
+# The speed benchmarks, after installing what they compare against (the `bench` extra: rwkv-ops, the
+# Hugging Face / PyTorch peers, matplotlib for the plots). The committed results in benchmarks/results/
+# are kept: each run writes build/benchmarks/<name>-<timestamp>.json instead, unless
+# `make bench BENCH_OVERWRITE=1` (see benchmarks/common.py).
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/wkv7.py
 	$(PY) benchmarks/bench_rwkv7.py
 	$(PY) benchmarks/compile.py
 	$(PY) benchmarks/load.py
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/efficiency.py
+	$(PY) benchmarks/train_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

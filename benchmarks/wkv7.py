@@ -13,7 +13,8 @@ the CPU, which measures correctness plumbing, not kernel speed: it is timed at t
 
   python benchmarks/wkv7.py [--T 512 2048 8192] [--B 1] [--H 4] [--N 64] [--dtype float32]
 
-Writes benchmarks/results/wkv7-<device>.json.
+Writes benchmarks/results/wkv7-<device>.json (a new file under build/benchmarks/ when that one exists,
+unless BENCH_OVERWRITE=1 or --out: benchmarks/common.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine  # noqa: E402
+from common import machine, output_path, write_json  # noqa: E402
 from modrwkv_jax.ops import wkv7 as ops  # noqa: E402
 
 # Nominal dense peaks (FLOP/s for the benchmark dtype, HBM bytes/s) of GPUs we report against.
@@ -229,10 +230,7 @@ def main(argv=None):
     result["shapes"].append({"B": B, "T": T, "H": H, "N": N, "dtype": dtype, "rows": rows})
 
   device = info["device"].replace(" ", "_").lower()
-  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"wkv7-{device}.json")
-  import json  # pylint: disable=g-import-not-at-top
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
+  out = write_json(result, output_path(f"wkv7-{device}.json", args.out))  # a new file unless asked: common.py
   print("\nmatmul peak measured: " + ", ".join(f"{d} {p / 1e9:.1f} GFLOP/s" for d, p in peaks.items()))
   print(f"-> {out}")
   return 0

@@ -3,8 +3,9 @@
 Reading order: the per-modality settings (`ImageConfig`, `AudioConfig`, `SeriesConfig`), one record
 through `prepare_record` (decode + preprocess each item, count its modality tokens with the model's
 `num_tokens`, build the token sequence with conversation.build_example, apply the length policy), the
-cheap length estimate used for bucketing (`record_length`), and `collate`, which pads a list of
-prepared examples into the numpy batch the model consumes (schema in data/pipeline.py).
+cheap length estimate used for bucketing and packing (`record_length`, `record_sizes`), `pack_row`,
+which concatenates several prepared examples into one packed row, and `collate`, which pads a list of
+prepared examples (or packed rows) into the numpy batch the model consumes (schema in data/pipeline.py).
 
 "Input length" of an item, the argument of `num_tokens`: the pixel count H'·W' of the preprocessed
 image (SigLIP2 NaFlex: real patches · p²), the number of 16 kHz samples of a clip, the number of steps
@@ -48,12 +49,18 @@ class ImageConfig:
   num_tokens: pixels H'·W' of one preprocessed image -> its modality tokens (from the model).
   max_items: fixed item dimension I of the batch (more images in a record is an error); None: the
     most images of any example in the batch.
+  row_items: with packing, the item dimension I of a packed batch: the most images of one row (the
+    packer opens another row rather than exceed it; a record with more is "too_many_items"). None:
+    T // (tokens of one image) for fixed-size images, a bound that never binds (3 SigLIP2 images of
+    576 tokens in 2048 positions); the most images of any row of the batch for NaFlex images.
   """
   processor: image_lib.ImageProcessorConfig
   num_tokens: Callable[[int], int]
   max_items: int | None = None
+  row_items: int | None = None
 
   def __post_init__(self):
+    _check_items("ImageConfig", self.max_items, self.row_items)
     if self.processor.kind != "siglip2" and self.fixed_size is None:
       raise ValueError(f"ImageConfig: processor {self.processor.kind!r} with size {self.processor.size_dict} and no "
                        "centre crop gives images of varying sizes; batches need a fixed size (height/width or crop)")
@@ -81,6 +88,8 @@ class AudioConfig:
     False pads to the longest clip of the batch.
   max_seconds: longer clips are bad records (reason "audio_too_long"); None: Whisper's chunk_length,
     unlimited for wav2vec2.
+  max_items, row_items: as for ImageConfig; row_items None gives the most clips of any row of the
+    batch (an item dimension that varies from batch to batch, each new value compiling anew).
   """
   num_tokens: Callable[[int], int]
   frontend: str = "whisper"
@@ -89,8 +98,10 @@ class AudioConfig:
   pad_to_chunk: bool = True
   max_seconds: float | None = None
   max_items: int | None = None
+  row_items: int | None = None
 
   def __post_init__(self):
+    _check_items("AudioConfig", self.max_items, self.row_items)
     if self.frontend not in ("whisper", "wav2vec2"):
       raise ValueError(f"AudioConfig.frontend must be 'whisper' or 'wav2vec2', got {self.frontend!r}")
 
@@ -110,12 +121,23 @@ class SeriesConfig:
   channels: None for univariate windows float[L] (batch [B, S, L]); C for float[L, C] ([B, S, L, C]).
   length, horizon: fixed L and horizon of the batch arrays (static shapes, also for batches without
     series); longer windows / targets are bad records. None: the longest in the batch (1 if none).
+  max_items, row_items: as for AudioConfig.
   """
   num_tokens: Callable[[int], int]
   channels: int | None = None
   max_items: int | None = None
   length: int | None = None
   horizon: int | None = None
+  row_items: int | None = None
+
+  def __post_init__(self):
+    _check_items("SeriesConfig", self.max_items, self.row_items)
+
+
+def _check_items(name: str, max_items: int | None, row_items: int | None) -> None:
+  for field, value in (("max_items", max_items), ("row_items", row_items)):
+    if value is not None and value < 1:
+      raise ValueError(f"{name}.{field} must be None or >= 1; got {value}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +146,8 @@ class SeriesConfig:
 
 @dataclasses.dataclass
 class Prepared:
-  """One record ready for collation. Item arrays are None when only sizes were read."""
+  """One record ready for collation, or a packed row of several (`pack_row`: segment_ids int32[T]
+  numbers its examples 1, 2, ...). Item arrays are None when only sizes were read."""
   id: str
   source: str
   example: Example
@@ -133,6 +156,7 @@ class Prepared:
   series: list  # float32[L] or float32[L, C]
   targets: list  # float32[H(, C)] or None, one per series item
   truncated: bool = False
+  segment_ids: np.ndarray | None = None
 
 
 def _image_size(item, processor: image_lib.ImageProcessorConfig, name: str) -> tuple[int, int]:
@@ -283,6 +307,8 @@ def prepare_record(record: dict, config, *, sizes_only: bool = False) -> Prepare
            "modality_disabled")
     if mc is not None and mc.max_items is not None and len(items) > mc.max_items:
       fail(m, f"{len(items)} items; the pipeline allows at most {mc.max_items}", "too_many_items")
+    if mc is not None and config.packing and mc.row_items is not None and len(items) > mc.row_items:
+      fail(m, f"{len(items)} items; a packed row holds at most {mc.row_items} (row_items)", "too_many_items")
   check_conversations(record)
 
   images, audio, series, targets = [], [], [], []
@@ -328,10 +354,63 @@ def prepare_record(record: dict, config, *, sizes_only: bool = False) -> Prepare
 def record_length(record: dict, config) -> int:
   """The sequence length of a record from headers only (0 when the record is bad: the real pass
   reports it)."""
+  return record_sizes(record, config)[0]
+
+
+def record_sizes(record: dict, config) -> tuple[int, dict[str, int]]:
+  """(sequence length, {modality: items}) of a record from headers only; (0, {}) when the record is bad
+  (the decoding pass raises or counts it)."""
   try:
-    return len(prepare_record(record, config, sizes_only=True).example)
+    p = prepare_record(record, config, sizes_only=True)
   except RecordError:  # reported (raised or counted) by the decoding pass
-    return 0
+    return 0, {}
+  return len(p.example), {"image": len(p.images), "audio": len(p.audio), "series": len(p.series)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing.
+
+
+def pack_row(parts: Sequence[Prepared]) -> Prepared:
+  """Prepared examples -> one packed row: their sequences concatenated left to right, segment_ids
+  1, 2, ... per example, the items of each modality concatenated on the item axis (item i of example k
+  becomes item i + (items of m in examples 0..k−1)), every label as the example had it alone (its last
+  position's label stays −100: no target crosses a boundary)."""
+  if not parts:
+    raise ValueError("pack_row: no examples")
+  exs = [p.example for p in parts]
+  mods = [m for m in MODALITIES if any(m in e.positions for e in exs)]
+  capacity = {m: max(e.capacity[m] for e in exs if m in e.positions) for m in mods}
+  offset = {m: 0 for m in mods}
+  positions = {m: [] for m in mods}
+  for e in exs:
+    for m in mods:
+      if m not in e.positions:
+        positions[m].append(np.full(len(e), -1, np.int32))
+        continue
+      p, old = e.positions[m], max(e.capacity[m], 1)
+      positions[m].append(np.where(p >= 0, (p // old + offset[m]) * capacity[m] + p % old, -1).astype(np.int32))
+      offset[m] += len(e.num_tokens[m])
+  example = Example(np.concatenate([e.tokens for e in exs]), np.concatenate([e.labels for e in exs]),
+                    {m: np.concatenate(positions[m]) for m in mods},
+                    {m: [n for e in exs for n in e.num_tokens.get(m, [])] for m in mods}, capacity)
+  segment_ids = np.concatenate([np.full(len(e), k + 1, np.int32) for k, e in enumerate(exs)])
+  return Prepared("+".join(p.id for p in parts), ", ".join(dict.fromkeys(p.source for p in parts)), example,
+                  [x for p in parts for x in p.images], [x for p in parts for x in p.audio],
+                  [x for p in parts for x in p.series], [x for p in parts for x in p.targets],
+                  any(p.truncated for p in parts), segment_ids)
+
+
+def packed_item_dim(config, modality: str) -> int | None:
+  """The item dimension I of modality m in a packed batch: row_items, else T // (tokens of one
+  image) for fixed-size images, else None (the most items of any row of the batch)."""
+  mc = getattr(config, modality)
+  if mc.row_items is not None:
+    return mc.row_items
+  if modality == "image" and mc.fixed_size is not None:
+    h, w = mc.fixed_size
+    return max(1, config.row_length // int(mc.num_tokens(h * w)))
+  return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,44 +426,61 @@ def padded_length(length: int, pad_multiple: int, buckets: Sequence[int] = ()) -
   return max(1, -(-length // pad_multiple)) * pad_multiple
 
 
-def collate(examples: Sequence[Prepared | None], config) -> dict[str, np.ndarray]:
-  """Pads prepared examples (None: an empty row) into one batch; schema in data/pipeline.py."""
+def collate(examples: Sequence[Prepared | None], config, *, packed: bool = False) -> dict[str, np.ndarray]:
+  """Pads prepared examples (None: an empty row) into one batch; schema in data/pipeline.py.
+
+  packed: the rows are `pack_row` outputs: T is config.row_length, the item dimensions are
+  `packed_item_dim`, and the batch gains segment_ids int32[B, T] (0 at padding).
+  """
   B = len(examples)
   real = [e for e in examples if e is not None]
-  T = padded_length(max((len(e.example) for e in real), default=0), config.pad_multiple, config.length_buckets)
+  if packed:
+    T = config.row_length
+    longest = max((len(e.example) for e in real), default=0)
+    if longest > T:
+      raise ValueError(f"collate: a packed row of {longest} positions exceeds the row length {T}")
+  else:
+    T = padded_length(max((len(e.example) for e in real), default=0), config.pad_multiple, config.length_buckets)
   tokens = np.zeros((B, T), np.int32)
   labels = np.full((B, T), IGNORE_ID, np.int32)
   mask = np.zeros((B, T), bool)
   enabled = [m for m in MODALITIES if getattr(config, m) is not None]
   capacity = {m: max([max(e.example.num_tokens.get(m, [0])) for e in real] + [1]) for m in enabled}
   positions = {m: np.full((B, T), -1, np.int32) for m in enabled}
+  segment_ids = np.zeros((B, T), np.int32)
   for b, e in enumerate(examples):
     if e is None:
       continue
     ex = e.example.with_capacity({m: capacity[m] for m in e.example.positions})
     n = len(ex)
     tokens[b, :n], labels[b, :n], mask[b, :n] = ex.tokens, ex.labels, True
+    segment_ids[b, :n] = e.segment_ids if e.segment_ids is not None else 1
     for m, p in ex.positions.items():
       positions[m][b, :n] = p
   batch = {"tokens": tokens, "labels": labels, "mask": mask}
+  if packed:
+    batch["segment_ids"] = segment_ids
   for m in enabled:
     batch[f"{m}_pos"] = positions[m]
+  items = {m: packed_item_dim(config, m) if packed else getattr(config, m).max_items for m in enabled}
   if config.image is not None:
-    batch.update(_collate_images(examples, config.image))
+    batch.update(_collate_images(examples, config.image, items["image"]))
   if config.audio is not None:
-    batch.update(_collate_audio(examples, config.audio))
+    batch.update(_collate_audio(examples, config.audio, items["audio"]))
   if config.series is not None:
-    batch.update(_collate_series(examples, config.series))
+    batch.update(_collate_series(examples, config.series, items["series"]))
   return batch
 
 
-def _item_dim(examples, attr: str, max_items: int | None) -> int:
+def _item_dim(examples, attr: str, fixed: int | None) -> int:
   most = max([len(getattr(e, attr)) for e in examples if e is not None] + [1])
-  return max_items if max_items is not None else most
+  if fixed is not None and most > fixed:
+    raise ValueError(f"collate: a row holds {most} {attr} items; the batch's item dimension is {fixed}")
+  return fixed if fixed is not None else most
 
 
-def _collate_images(examples, config: ImageConfig) -> dict[str, np.ndarray]:
-  B, I = len(examples), _item_dim(examples, "images", config.max_items)
+def _collate_images(examples, config: ImageConfig, fixed_items: int | None) -> dict[str, np.ndarray]:
+  B, I = len(examples), _item_dim(examples, "images", fixed_items)
   count = np.array([len(e.images) if e is not None else 0 for e in examples], np.int32)
   if config.processor.kind == "siglip2":
     p, N = config.processor.patch_size, config.processor.max_num_patches
@@ -405,8 +501,8 @@ def _collate_images(examples, config: ImageConfig) -> dict[str, np.ndarray]:
   return {"image": pixels, "image_count": count}
 
 
-def _collate_audio(examples, config: AudioConfig) -> dict[str, np.ndarray]:
-  B, A = len(examples), _item_dim(examples, "audio", config.max_items)
+def _collate_audio(examples, config: AudioConfig, fixed_items: int | None) -> dict[str, np.ndarray]:
+  B, A = len(examples), _item_dim(examples, "audio", fixed_items)
   count = np.array([len(e.audio) if e is not None else 0 for e in examples], np.int32)
   waves = [w for e in examples if e is not None for w in e.audio]
   names = [f"{e.source}: record {e.id!r} audio[{i}]" for e in examples if e is not None for i in range(len(e.audio))]
@@ -433,10 +529,10 @@ def _collate_audio(examples, config: AudioConfig) -> dict[str, np.ndarray]:
   return {"audio": out, "audio_mask": out_mask, "audio_count": count}
 
 
-def _collate_series(examples, config: SeriesConfig) -> dict[str, np.ndarray]:
+def _collate_series(examples, config: SeriesConfig, fixed_items: int | None) -> dict[str, np.ndarray]:
   """Series are padded on the left (the latest step stays last, next to the forecast); targets on
   the right."""
-  B, S = len(examples), _item_dim(examples, "series", config.max_items)
+  B, S = len(examples), _item_dim(examples, "series", fixed_items)
   items = [(b, i, x, t) for b, e in enumerate(examples) if e is not None
            for i, (x, t) in enumerate(zip(e.series, e.targets))]
   L = config.length or max([x.shape[0] for _, _, x, _ in items] + [1])

@@ -81,15 +81,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.pad_multiple = 16
   c.data.length_buckets = ()
   c.data.bucket_window = 16
+  # Sequence packing: rows of data.max_length positions (rounded up to its bucket) filled with whole
+  # examples, `segment_ids` in the batch; train.batch_size then counts rows, not examples.
+  c.data.packing = False
   c.data.mixture_length = None
   c.data.on_error = "skip"
   c.data.read_threads = 2
   c.data.prefetch = 2
   c.data.worker_count = 0
-  c.data.image = ml_collections.ConfigDict({"processor": "siglip", "size": None, "max_items": None})
+  # max_items: most items of one record; row_items: with packing, most items of one packed row (the
+  # batch's item dimension; None: derived for fixed-size images, the most in the batch otherwise).
+  c.data.image = ml_collections.ConfigDict({"processor": "siglip", "size": None, "max_items": None,
+                                            "row_items": None})
   c.data.audio = ml_collections.ConfigDict({"frontend": "whisper", "feature_size": 80, "chunk_length": 30,
-                                            "pad_to_chunk": True, "max_seconds": None, "max_items": None})
-  c.data.series = ml_collections.ConfigDict({"length": None, "horizon": None, "channels": None, "max_items": None})
+                                            "pad_to_chunk": True, "max_seconds": None, "max_items": None,
+                                            "row_items": None})
+  c.data.series = ml_collections.ConfigDict({"length": None, "horizon": None, "channels": None, "max_items": None,
+                                             "row_items": None})
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -355,12 +363,22 @@ def peft_config(config):
   return peft.PeftConfig(**kwargs)
 
 
+def check_packing(config) -> None:
+  """data.packing with a forecasting head is refused: the head reads the first series item and the
+  last position of each row, which a packed row shares between examples."""
+  if config.data.get("packing", False) and config.model.forecast_horizon:
+    raise ValueError(f"data.packing=True with model.forecast_horizon={config.model.forecast_horizon}: forecasting "
+                     "batches cannot be packed (the head forecasts from each row's first series item and last "
+                     "position); set --config.data.packing=False")
+
+
 def pipeline_config(config, model, *, split_sources: str = "train", batch_size: int):
   """The data.PipelineConfig of `config.data` for the modalities of `model`; `batch_size` rows per host."""
   from modrwkv_jax.data import image as image_lib
   from modrwkv_jax.data import pipeline as pipe
   from modrwkv_jax.data.audio import WhisperFeatureConfig
   from modrwkv_jax.models import modrwkv
+  check_packing(config)
   d = config.data
   sources = d.sources if split_sources == "train" or d.eval_sources is None else d.eval_sources
   if not sources:
@@ -377,22 +395,23 @@ def pipeline_config(config, model, *, split_sources: str = "train", batch_size: 
   kwargs = {}
   if "image" in names:
     kwargs["image"] = pipe.ImageConfig(image_processor(config), modrwkv.pipeline_num_tokens(model, "image"),
-                                       d.image.max_items)
+                                       d.image.max_items, d.image.get("row_items"))
   if "audio" in names:
     au = d.audio
     whisper = WhisperFeatureConfig(feature_size=au.feature_size, chunk_length=au.chunk_length)
     kwargs["audio"] = pipe.AudioConfig(modrwkv.pipeline_num_tokens(model, "audio", whisper.hop_length),
                                        au.frontend, whisper=whisper, pad_to_chunk=au.pad_to_chunk,
-                                       max_seconds=au.max_seconds, max_items=au.max_items)
+                                       max_seconds=au.max_seconds, max_items=au.max_items,
+                                       row_items=au.get("row_items"))
   if "series" in names:
     se = d.series
     kwargs["series"] = pipe.SeriesConfig(modrwkv.pipeline_num_tokens(model, "series"), se.channels, se.max_items,
-                                         se.length, se.horizon)
+                                         se.length, se.horizon, se.get("row_items"))
   return pipe.PipelineConfig(
       sources=tuple(srcs), batch_size=batch_size, layout=d.layout, max_length=d.max_length, truncate=d.truncate,
       pad_multiple=d.pad_multiple, length_buckets=tuple(d.length_buckets), bucket_window=d.bucket_window,
-      mixture_length=d.mixture_length, on_error=d.on_error, read_threads=d.read_threads, prefetch=d.prefetch,
-      worker_count=d.worker_count, **kwargs)
+      packing=bool(d.get("packing", False)), mixture_length=d.mixture_length, on_error=d.on_error,
+      read_threads=d.read_threads, prefetch=d.prefetch, worker_count=d.worker_count, **kwargs)
 
 
 def image_processor(config):

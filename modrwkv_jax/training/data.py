@@ -4,6 +4,8 @@ the Grain pipeline (each host reads its own shard), and global batches on the me
 Iterator state is `{"epoch": e, "next_index": i}`: the pipeline is random access and deterministic in
 (seed, epoch), every host yields the same number of batches, so the state is the same on every host and
 restoring it (in a new process, on another number of devices) continues with exactly the next batch.
+With `data.packing` the same holds: each packing window is planned identically on every host, and i
+indexes the windows' batch slots (data/pipeline.py, "Sequence packing").
 """
 
 from __future__ import annotations
@@ -127,7 +129,10 @@ def global_batch(local: Mapping, mesh) -> dict:
   """This host's rows -> global jax arrays sharded over the batch axes (`make_array_from_process_local_data`)."""
   shard = batch_sharding(mesh)
   out = {}
-  for k, v in step_lib.model_batch(local).items():
+  arrays = step_lib.model_batch(local)
+  if "segment_ids" in local:  # packed rows: the model restarts its state at every example
+    arrays["segment_ids"] = local["segment_ids"]
+  for k, v in arrays.items():
     v = np.asarray(v)
     spec = P(*shard.spec, *([None] * (v.ndim - 1)))
     out[k] = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), v)
@@ -135,7 +140,9 @@ def global_batch(local: Mapping, mesh) -> dict:
 
 
 def check_batch(config, mesh) -> tuple[int, int]:
-  """(per-host batch, micro-batch) sizes; raises before compiling when the batch does not divide."""
+  """(per-host batch, micro-batch) sizes; raises before compiling when the batch does not divide or the
+  data settings cannot work (packing with a forecasting head)."""
+  config_lib.check_packing(config)
   B, A = config.train.batch_size, config.train.grad_accum
   procs = jax.process_count()
   shards = mesh.shape["data"] * mesh.shape["fsdp"]

@@ -105,32 +105,57 @@ def _flat_shardings(params_abstract) -> dict:
 
 
 def abstract_batch(config, model, batch_size: int, length: int | None = None) -> dict:
-  """jax.ShapeDtypeStruct of a global batch at the longest length (for --compile_only)."""
+  """jax.ShapeDtypeStruct of a global batch at the longest length (for --compile_only).
+
+  With data.packing: rows of the packed row length (data.max_length rounded up to its bucket), with
+  segment_ids, and per modality the packed item dimension: data.<m>.row_items, else for images the
+  T // (tokens of one image) the pipeline uses, else 1 (a pipeline without row_items sizes audio and
+  series items per batch).
+  """
   from modrwkv_jax.data.audio import WhisperFeatureConfig
-  B, T = batch_size, length or config.data.max_length
+  from modrwkv_jax.data.transforms import padded_length
+  d = config.data
+  packing = bool(d.get("packing", False))
+  if packing:
+    T = length or (padded_length(d.max_length, d.pad_multiple, tuple(d.length_buckets)) if d.max_length
+                   else max(d.length_buckets))
+  else:
+    T = length or d.max_length
+  B = batch_size
   S = jax.ShapeDtypeStruct
   out = {"tokens": S((B, T), jnp.int32), "labels": S((B, T), jnp.int32), "mask": S((B, T), jnp.bool_)}
+  if packing:
+    out["segment_ids"] = S((B, T), jnp.int32)
+
+  def items(name):
+    if not packing:
+      return 1
+    if d[name].get("row_items"):
+      return int(d[name].row_items)
+    return max(1, T // modrwkv.num_tokens(model, "image", 0)) if name == "image" else 1
+
   for name, m in model.modalities:
     out[f"{name}_pos"] = S((B, T), jnp.int32)
     out[f"{name}_count"] = S((B,), jnp.int32)
+    I = items(name)
     if name == "image":
       size = config.data.image.size or getattr(m.encoder_config, "image_size", None) or 384
-      out["image"] = S((B, 1, size, size, 3), jnp.float32)
+      out["image"] = S((B, I, size, size, 3), jnp.float32)
     elif name == "audio":
       if config.data.audio.frontend == "whisper":
         w = WhisperFeatureConfig(feature_size=config.data.audio.feature_size,
                                  chunk_length=config.data.audio.chunk_length)
-        out["audio"] = S((B, 1, w.n_frames, w.feature_size), jnp.float32)
-        out["audio_mask"] = S((B, 1, w.n_frames), jnp.bool_)
+        out["audio"] = S((B, I, w.n_frames, w.feature_size), jnp.float32)
+        out["audio_mask"] = S((B, I, w.n_frames), jnp.bool_)
       else:
         n = int(16000 * (config.data.audio.max_seconds or 30))
-        out["audio"], out["audio_mask"] = S((B, 1, n), jnp.float32), S((B, 1, n), jnp.bool_)
+        out["audio"], out["audio_mask"] = S((B, I, n), jnp.float32), S((B, I, n), jnp.bool_)
     elif name == "series":
       L = config.data.series.length or 720
-      out["series"], out["series_mask"] = S((B, 1, L), jnp.float32), S((B, 1, L), jnp.bool_)
+      out["series"], out["series_mask"] = S((B, I, L), jnp.float32), S((B, I, L), jnp.bool_)
       if model.forecast_horizon:
-        out["target"] = S((B, 1, model.forecast_horizon), jnp.float32)
-        out["target_mask"] = S((B, 1, model.forecast_horizon), jnp.bool_)
+        out["target"] = S((B, I, model.forecast_horizon), jnp.float32)
+        out["target_mask"] = S((B, I, model.forecast_horizon), jnp.bool_)
   return out
 
 
