@@ -41,7 +41,7 @@ NOMINAL = {"H100": {"bfloat16": 989e12, "float32": 67e12, "bytes": 3.35e12},
 
 
 def make_inputs(B, T, H, N, dtype, seed=0):
-  """RWKV-7-like inputs (DESIGN §2.1): log_w = −0.6065·σ(2·z), a = −κ̂, b = κ̂·σ(·)."""
+  """RWKV-7-like inputs (docs/rwkv7.md#the-wkv-7-operator): log_w = −0.6065·σ(2·z), a = −κ̂, b = κ̂·σ(·)."""
   ks = jax.random.split(jax.random.key(seed), 6)
   r, k, v = (jax.random.normal(kk, (B, T, H, N)) for kk in ks[:3])
   log_w = -0.6065306597 * jax.nn.sigmoid(2 * jax.random.normal(ks[3], (B, T, H, N)))

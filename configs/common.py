@@ -1,6 +1,6 @@
 """Shared pieces of the experiment configs (not a config itself: it has no get_config()).
 
-The paper's vision recipe (DESIGN §3) lives here once, as `vision_recipe(preset, phase)`; the
+The paper's vision recipe (docs/architecture.md) lives here once, as `vision_recipe(preset, phase)`; the
 `modrwkv_*_siglip2_phase{1,2}.py` files, the CLIP ablation and the Bone/LoRA runs call it and change
 what differs; `asr_recipe` does the same for the two LibriSpeech configs. Configs are loaded by file
 path (`load_config_file`), not as a package, so a config reaches this file (or another config) by its
@@ -18,7 +18,7 @@ import math
 
 from modrwkv_jax.training.config import base_config
 
-# DESIGN §3, the paper's vision training. Records per epoch of each phase's data set.
+# docs/architecture.md, the paper's vision training. Records per epoch of each phase's data set.
 PHASE1_RECORDS = 595_375  # LLaVA-CC3M-Pretrain-595K chat.json
 PHASE2_RECORDS = 665_298  # LLaVA-v1.5 mix665k
 PHASES = {
@@ -30,7 +30,7 @@ PHASES = {
 }
 CONTEXT = 2048
 
-# RWKV-7 checkpoints, one per preset: any official RWKV-7 World / G1 .pth of that size (DESIGN §2.2),
+# RWKV-7 checkpoints, one per preset: any official RWKV-7 World / G1 .pth of that size (docs/formats.md#rwkv-lm-pth),
 # downloaded (e.g. BlinkDL/rwkv-7-world: RWKV-x070-World-0.4B-v2.9-20250107-ctx4096.pth) and saved or
 # linked under these names.
 RWKV_PTH = {
@@ -61,13 +61,13 @@ def real_size_rwkv(preset: str) -> dict:
 
 def siglip2_image() -> dict:
   """The paper's vision modality: frozen SigLIP2-B/16-384 `last_hidden_state` (576 × 768), no compressor,
-  vision adapter with m = 2 (DESIGN §3: "m = 2 in the paper runs, 4 later")."""
+  vision adapter with m = 2 (docs/architecture.md: "m = 2 in the paper runs, 4 later")."""
   return dict(encoder="siglip", encoder_preset="siglip2-base-patch16-384", encoder_config=dict(dtype="bfloat16"),
               train_encoder=False, projector=dict(kind="vision", compressor=None, hidden_mult=2))
 
 
 def vision_recipe(preset: str, phase: int):
-  """The paper's phase I or II vision run (DESIGN §3) on the RWKV-7 `preset` ("0.4B", "1.5B", "2.9B").
+  """The paper's phase I or II vision run (docs/architecture.md) on the RWKV-7 `preset` ("0.4B", "1.5B", "2.9B").
 
   Phase I: adapter only (encoder and RWKV-7 frozen), LLaVA-CC3M-595K, batch 256, lr 1e-3.
   Phase II: adapter + every RWKV-7 parameter, LLaVA-665K, batch 128, lr 2e-5.
@@ -132,7 +132,7 @@ def vision_recipe(preset: str, phase: int):
   return c
 
 
-# DESIGN §3 audio: phase I trains the audio adapter at lr 1e-4, batch 32 (phase II: 1e-4 -> 5e-5).
+# docs/architecture.md audio: phase I trains the audio adapter at lr 1e-4, batch 32 (phase II: 1e-4 -> 5e-5).
 LIBRISPEECH_TRAIN_RECORDS = 281_241  # train-clean-100 + train-clean-360 + train-other-500 (960 h)
 
 
