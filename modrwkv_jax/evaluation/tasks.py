@@ -147,7 +147,18 @@ def _mean(values) -> float:
 # VQAv2, GQA, TextVQA, POPE (LLaVA question files).
 
 
-class VQAv2(Task):
+class _LlavaQuestions(Task):
+  """A task on a LLaVA question JSONL (`_llava_questions`); `self.answers` maps question ids to references."""
+  answers: dict | None = None
+
+  def questions(self):
+    for q in _llava_questions(self.files["questions"], self.files["images"]):
+      if isinstance(q, Question) and self.answers is not None:
+        q.reference = self.answers.get(q.id)
+      yield q
+
+
+class VQAv2(_LlavaQuestions):
   """VQAv2 (LLaVA `model_vqa_loader.py`; answers normalised as `convert_vqav2_for_submission.py`).
 
   Without annotations (test-dev) only the EvalAI answer file is written; with a VQA-format annotation
@@ -174,12 +185,6 @@ class VQAv2(Task):
         except (KeyError, TypeError) as e:
           raise ValueError(f"{annotations}: annotations[{k}] lacks question_id / answers[].answer ({e})") from None
 
-  def questions(self):
-    for q in _llava_questions(self.files["questions"], self.files["images"]):
-      if isinstance(q, Question) and self.answers is not None:
-        q.reference = self.answers.get(q.id)
-      yield q
-
   def parse(self, text, row):
     return metrics.evalai_normalize(text)
 
@@ -201,7 +206,7 @@ class VQAv2(Task):
     return [path]
 
 
-class GQA(Task):
+class GQA(_LlavaQuestions):
   """GQA test-dev balanced (LLaVA `convert_gqa_for_eval.py`: prediction = text.rstrip('.').lower())."""
   name = "gqa"
   default_files = {"questions": "llava_gqa_testdev_balanced.jsonl", "images": "data/images",
@@ -215,12 +220,6 @@ class GQA(Task):
       if not isinstance(data, dict):
         raise ValueError(f"{annotations}: expected GQA's {{question_id: {{'answer': ...}}}} mapping")
       self.answers = {str(k): v.get("answer") for k, v in data.items() if isinstance(v, dict)}
-
-  def questions(self):
-    for q in _llava_questions(self.files["questions"], self.files["images"]):
-      if isinstance(q, Question) and self.answers is not None:
-        q.reference = self.answers.get(q.id)
-      yield q
 
   def parse(self, text, row):
     return text.strip().rstrip(".").lower()
@@ -238,7 +237,7 @@ class GQA(Task):
     return [path]
 
 
-class TextVQA(Task):
+class TextVQA(_LlavaQuestions):
   """TextVQA val with OCR tokens in the prompt (LLaVA's `_ocr` file; m4c evaluator)."""
   name = "textvqa"
   default_files = {"questions": "llava_textvqa_val_v051_ocr.jsonl", "images": "train_images",
@@ -254,12 +253,6 @@ class TextVQA(Task):
         raise ValueError(f"{annotations}: expected {{'data': [...]}} (TextVQA annotation format)")
       self.answers = {str(a.get("question_id")): [str(x) for x in a.get("answers", [])] for a in items
                       if isinstance(a, dict)}
-
-  def questions(self):
-    for q in _llava_questions(self.files["questions"], self.files["images"]):
-      if isinstance(q, Question) and self.answers is not None:
-        q.reference = self.answers.get(q.id)
-      yield q
 
   def score(self, rows):
     scored = [r for r in rows if r.get("reference")]
