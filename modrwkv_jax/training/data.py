@@ -129,9 +129,7 @@ def global_batch(local: Mapping, mesh) -> dict:
   """This host's rows -> global jax arrays sharded over the batch axes (`make_array_from_process_local_data`)."""
   shard = batch_sharding(mesh)
   out = {}
-  arrays = step_lib.model_batch(local)
-  if "segment_ids" in local:  # packed rows: the model restarts its state at every example
-    arrays["segment_ids"] = local["segment_ids"]
+  arrays = step_lib.model_batch(local)  # includes segment_ids of packed rows
   for k, v in arrays.items():
     v = np.asarray(v)
     spec = P(*shard.spec, *([None] * (v.ndim - 1)))

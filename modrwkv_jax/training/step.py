@@ -29,7 +29,7 @@ from modrwkv_jax import peft
 from modrwkv_jax.models import modrwkv
 
 # Keys of a pipeline batch the model reads (the rest: ids, stats, are host-side only).
-MODEL_KEYS = ("tokens", "labels", "mask", "target", "target_mask")
+MODEL_KEYS = ("tokens", "labels", "mask", "segment_ids", "target", "target_mask")
 
 
 def model_batch(batch: Mapping) -> dict:
