@@ -97,3 +97,60 @@ def test_chunked_residuals_are_inputs_plus_chunk_states():
   bound = 6 * B * T * H * N + (T // C + 1) * B * H * N * N  # inputs + entering states + initial state
   assert saved("chunked") <= bound
   assert saved("reference") > T * B * H * N * N  # the scan keeps every step's state
+
+
+def _scan_lengths(jaxpr) -> list[int]:
+  """Lengths of every `scan` in a closed jaxpr, nested ones included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "scan":
+      found.append(eqn.params["length"])
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+        if hasattr(sub, "eqns"):
+          found += _scan_lengths(sub)
+  return found
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["one-segment", "packed"])
+def test_scan_fwd_chunked_vjp(packed):
+  """The CPU's "auto": the scan's forward when not differentiated, the chunked gradient under autodiff.
+
+  Both against float64; which algorithm runs is read from the traced program: the per-step scan has
+  length T, the chunked state pass length ⌈T/C⌉ (docs: ops/wkv7.py's choice table)."""
+  T, C = 37, 16
+  inputs, h0 = wkv7_inputs(jax.random.key(21), 2, T, 2, 8)
+  seg = np.repeat([[1] * 15 + [2] * 12 + [3] * 10], 2, 0).astype(np.int32) if packed else None
+  fn = lambda *xs: ops.wkv7(*xs, impl="scan_fwd_chunked_vjp", chunk_size=C, segment_ids=seg)
+  d_out, d_state = (jnp.asarray(d, jnp.float32) for d in _cotangents(inputs, h0))
+  def loss(*xs):
+    o, s = fn(*xs)
+    return jnp.sum(o * d_out) + jnp.sum(s * d_state)
+  out, state = jax.jit(fn)(*inputs, h0)
+  grads = jax.jit(jax.grad(loss, argnums=tuple(range(7))))(*inputs, h0)
+
+  if seg is None:
+    want_out, want_state, want_grads = _float64(inputs, h0)
+    check("scan_fwd_chunked_vjp out", out, want_out, 1e-5)
+    check("scan_fwd_chunked_vjp state", state, want_state, 1e-5)
+    for name, g, w in zip(NAMES, grads, want_grads):
+      check(f"scan_fwd_chunked_vjp d{name}", g, w, 1e-5)
+  else:  # packed: against the plain scan's values and autodiff (themselves checked against float64 elsewhere)
+    ref = lambda *xs: ops.wkv7(*xs, impl="reference", segment_ids=seg)
+    def ref_loss(*xs):
+      o, s = ref(*xs)
+      return jnp.sum(o * d_out) + jnp.sum(s * d_state)
+    want_out, want_state = ref(*inputs, h0)
+    check("packed scan_fwd_chunked_vjp out vs scan", out, want_out, 1e-5)
+    check("packed scan_fwd_chunked_vjp state vs scan", state, want_state, 1e-5)
+    for name, g, w in zip(NAMES, grads, jax.grad(ref_loss, argnums=tuple(range(7)))(*inputs, h0)):
+      check(f"packed scan_fwd_chunked_vjp d{name} vs scan autodiff", g, w, 1e-5)
+
+  assert _scan_lengths(jax.make_jaxpr(fn)(*inputs, h0).jaxpr) == [T]  # forward only: the per-step scan
+  grad_scans = _scan_lengths(jax.make_jaxpr(jax.grad(loss, argnums=tuple(range(7))))(*inputs, h0).jaxpr)
+  assert T not in grad_scans and -(-T // C) in grad_scans, grad_scans  # differentiated: chunked only
+
+
+def test_auto_picks_per_use_on_cpu():
+  assert jax.default_backend() != "cpu" or ops.resolve_impl("auto") == "scan_fwd_chunked_vjp"

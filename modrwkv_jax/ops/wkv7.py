@@ -22,11 +22,30 @@ there (the state then passes unchanged) and must not let a padding position chan
 
   reference  `lax.scan` over time; the numerical ground truth for every faster implementation.
   chunked    WY/UT chunked form in plain JAX with a hand-written backward (ops/wkv7_chunked.py).
+  scan_fwd_chunked_vjp
+             the scan when the call is not differentiated, the chunked form under autodiff: a
+             `jax.custom_vjp` whose primal is `wkv7_reference` and whose forward and backward rules are
+             the chunked implementation's (values: the scan's; gradients: the chunked ones, bit for bit).
   pallas     the same chunk algebra as Pallas kernels (pallas_kernels/wkv7): Triton on GPUs, Mosaic
              on TPUs, interpret mode on the CPU (correct but slow: for tests).
 
-`impl="auto"`: pallas on GPU/TPU, chunked on the CPU; a single step (T = 1,
-decoding) always runs the plain recurrence.
+`impl="auto"` chooses per backend and per use, from measurements (issue 17: the WKV-7 op on the 2-core
+CPU, fp32, B 1, N 64, median of 7 interleaved runs; ModRWKV prefill in benchmarks/efficiency.py):
+
+  backend    forward only (prefill, eval)   under autodiff (training)   one step (T = 1, decode)
+  cpu        scan                           chunked                     scan
+  gpu, tpu   pallas                         pallas                      scan
+  (cpu: the "scan_fwd_chunked_vjp" implementation gives both columns; gpu/tpu: not yet measured on a GPU)
+
+  CPU, ms                 T=16   T=256  T=1024  T=4096  T=16384
+  fwd      scan     H=4   0.20   2.03   7.57    60.0    232       (H=16, T=1024: 86.5; T=4096: 280)
+           chunked  H=4   0.45   5.82   19.8    168     519       (H=16, T=1024: 170;  T=4096: 540)
+  fwd+bwd  scan     H=4   10.6   174    694     2982    -         (H=16, T=1024: 3227)
+           chunked  H=4   0.84   13.9   61.5    413     1529      (H=16, T=1024: 403)
+
+The chunked forward is 1.9-2.9x slower than the scan's at every T and H measured (16 <= T <= 32768,
+2 <= H <= 16); its forward+backward is 7-15x faster than the scan's autodiff. A single decoding step
+always runs the plain recurrence.
 
 Sharding: the recurrence is independent per (batch, head). Given `partition` (the mesh axes of the
 batch and head dimensions, e.g. from the logical rules) and an active mesh (`jax.set_mesh`), the
@@ -36,12 +55,14 @@ device's heads and nothing is gathered; the XLA implementations are partitioned 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from modrwkv_jax.ops import wkv7_chunked as chunked_lib
 from modrwkv_jax.ops.wkv7_chunked import wkv7_chunked
 from pallas_kernels.wkv7 import wkv7_pallas
 
@@ -81,12 +102,43 @@ def wkv7_reference(r, log_w, k, v, a, b, initial_state, chunk_size=None, segment
   return jnp.moveaxis(out, 0, 1).astype(v.dtype), final_state
 
 
+def wkv7_scan_fwd_chunked_vjp(r, log_w, k, v, a, b, initial_state, chunk_size=16, segment_ids=None):
+  """The scan's forward, the chunked implementation's gradient (same contract as `wkv7_reference`).
+
+  Not differentiated (prefill, evaluation), this runs `wkv7_reference`, the faster forward on the CPU;
+  under autodiff (training) the custom VJP's forward is `wkv7_chunked`'s, which keeps the per-chunk
+  states its hand-written backward needs. Outputs are the scan's, gradients the chunked ones, bit for bit.
+  """
+  seg = chunked_lib.chunk_segments(segment_ids, chunk_size)
+  return _scan_fwd_chunked_vjp(r, log_w, k, v, a, b, initial_state, segment_ids, seg, chunk_size)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9,))
+def _scan_fwd_chunked_vjp(r, log_w, k, v, a, b, initial_state, segment_ids, seg, chunk_size):
+  del seg  # the chunked rules' form of segment_ids
+  return wkv7_reference(r, log_w, k, v, a, b, initial_state, segment_ids=segment_ids)
+
+
+def _scan_fwd_chunked_vjp_fwd(r, log_w, k, v, a, b, initial_state, segment_ids, seg, chunk_size):
+  del segment_ids
+  return chunked_lib.vjp_forward(r, log_w, k, v, a, b, initial_state, seg, chunk_size)
+
+
+def _scan_fwd_chunked_vjp_bwd(chunk_size, residuals, cotangents):
+  *grads, d_seg = chunked_lib.vjp_backward(chunk_size, residuals, cotangents)
+  return (*grads, None, d_seg)  # None: segment_ids (integers, no cotangent)
+
+
+_scan_fwd_chunked_vjp.defvjp(_scan_fwd_chunked_vjp_fwd, _scan_fwd_chunked_vjp_bwd)
+
+
 # name -> implementation. Faster implementations (chunked, pallas) add themselves here.
-_IMPLS: dict[str, Callable] = {"reference": wkv7_reference, "chunked": wkv7_chunked, "pallas": wkv7_pallas}
-# Preference order for impl="auto", per backend; the first registered name wins.
+_IMPLS: dict[str, Callable] = {"reference": wkv7_reference, "chunked": wkv7_chunked, "pallas": wkv7_pallas,
+                               "scan_fwd_chunked_vjp": wkv7_scan_fwd_chunked_vjp}
+# Preference order for impl="auto", per backend; the first registered name wins (the module docstring's table).
 _AUTO_ORDER = {"gpu": ("pallas", "chunked", "reference"),
                "tpu": ("pallas", "chunked", "reference"),
-               "cpu": ("chunked", "reference")}
+               "cpu": ("scan_fwd_chunked_vjp", "chunked", "reference")}
 
 
 def available_impls() -> tuple[str, ...]:

@@ -120,12 +120,16 @@ def wkv7_chunked(r, log_w, k, v, a, b, initial_state, chunk_size=16, segment_ids
   Returns:
     (out float[B, T, H, N] in v.dtype, final_state float32[B, H, N, N] after each row's last step).
   """
-  seg = None
-  if segment_ids is not None:
-    B, T = segment_ids.shape
-    nc = -(-T // chunk_size)
-    seg = segment_counts(segment_ids, nc * chunk_size, chunk_size).reshape(B, 1, nc, chunk_size)
-  return _wkv7_chunked(r, log_w, k, v, a, b, initial_state, seg, chunk_size)
+  return _wkv7_chunked(r, log_w, k, v, a, b, initial_state, chunk_segments(segment_ids, chunk_size), chunk_size)
+
+
+def chunk_segments(segment_ids, chunk_size: int):
+  """int[B, T] segment ids (or None) -> the chunk-local inclusive start counts s [B, 1, nC, C] (or None)."""
+  if segment_ids is None:
+    return None
+  B, T = segment_ids.shape
+  nc = -(-T // chunk_size)
+  return segment_counts(segment_ids, nc * chunk_size, chunk_size).reshape(B, 1, nc, chunk_size)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
@@ -191,3 +195,8 @@ def _bwd(chunk_size, res, cotangents):
 
 
 _wkv7_chunked.defvjp(_fwd, _bwd)
+
+# The custom VJP's rules, for implementations that share this gradient with another primal
+# (ops/wkv7.py's "scan_fwd_chunked_vjp": the scan's forward, this backward). Arguments as `_wkv7_chunked`'s,
+# `seg` from `chunk_segments`.
+vjp_forward, vjp_backward = _fwd, _bwd
