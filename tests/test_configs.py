@@ -191,8 +191,12 @@ def test_demo_builds_offline_and_is_small():
   assert c.data.builder == "demo" and all(s["path"].startswith("{cache}/demo/") for s in c.data.sources)
   assert (c.train.batch_size, c.train.steps) == (16, 300)
   model = C.model_config(c)
-  assert (model.rwkv.n_layer, model.rwkv.n_embd, model.rwkv.head_size) == (4, 128, 32)
+  assert (model.rwkv.n_layer, model.rwkv.n_embd, model.rwkv.head_size) == (6, 128, 32)
+  assert [name for name, _ in model.modalities] == ["image", "audio", "series"]
   assert modrwkv.num_tokens(model, "image", 0) == 8  # 16 patches, compressor (2, 2)
+  assert modrwkv.num_tokens(model, "audio", 200) == 9  # 2 s: 200 mel frames, 100 encoder frames, compressor (8, 6)
+  assert modrwkv.num_tokens(model, "series", 48) == 12  # 48 months, compressor (4, 4)
+  assert dict(model.modalities)["audio"].train_encoder is False  # Whisper-base stays frozen (the paper)
   pipe = C.pipeline_config(c, model, batch_size=16)  # {cache} needs no data.root
   assert pipe.image.fixed_size == (32, 32)
 

@@ -179,6 +179,21 @@ def test_hand_built_model_bin_maps_to_our_params(tmp_path, dtype):
     whisper.load_ctranslate2(path, num_heads=4)
 
 
+def test_load_hf_hands_a_ctranslate2_file_or_folder_to_its_reader(tmp_path):
+  """`init.encoder_hf.audio` may name a faster-whisper folder or its model.bin (configs/demo.py does)."""
+  path = _write(tmp_path, _model_bin(*_good()))
+  want = whisper.load_ctranslate2(path)[1]
+  for name in (path, str(tmp_path)):
+    assert whisper.is_ctranslate2(name)
+    got = whisper.load_hf(name)[1]
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+  (tmp_path / "model.safetensors").write_bytes(b"")  # a folder with safetensors is a Hugging Face snapshot
+  assert not whisper.is_ctranslate2(str(tmp_path)) and whisper.is_ctranslate2(path)
+  other = tmp_path / "other.bin"
+  other.write_bytes(b"\x00" * 16)
+  assert not whisper.is_ctranslate2(str(other)) and not whisper.is_ctranslate2(str(tmp_path / "missing"))
+
+
 def _without(name):
   def mutate(variables, aliases):
     del variables[name]

@@ -100,8 +100,11 @@ def test_groups_select_parts_and_typos_fail(mesh):
   assert regex == {"rwkv/blocks/att/w0"}
   with pytest.raises(ValueError, match="selects no parameter"):
     optim_lib.trainable_mask(params, ("rwkv/blocks/attn/nothing",))
-  with pytest.raises(ValueError, match="train_encoder is False"):
-    optim_lib.trainable_mask(params, ("encoder",), s.model)
+  with pytest.raises(ValueError, match="'encoder' selects no parameter: every modality has train_encoder False"):
+    optim_lib.trainable_mask(params, ("encoder",), s.model)  # with a model, "encoder" means encoders that train
+  with pytest.raises(ValueError, match="selects encoders/image but model.modalities.image.train_encoder is False"):
+    optim_lib.trainable_mask(params, ("^encoders/image/",), s.model)
+  assert paths(optim_lib.trainable_mask(params, ("encoder",)))  # without a model: every encoder leaf
 
 
 def test_trainable_counts_match_the_closed_form(mesh):

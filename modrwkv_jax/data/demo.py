@@ -3,28 +3,40 @@
 Everything is generated locally, deterministically from the seed, without network access:
 
   DIR/shapes_vqa/{train,validation,test}.json + images/   LLaVA JSON. PIL-rendered scenes of 1-5
-      circles / squares / triangles in 6 colours; two templated questions per image (count, count by
-      colour, colour of the unique shape, exists yes/no) with exact answers; each record also lists its
-      "objects" (shape, colour, centre, size).
+      circles / squares / triangles in 6 colours; `questions` templated questions per image, of distinct
+      kinds (count, count by colour, exists yes/no, colour of the unique shape: `question_type`) with
+      exact answers; each record also lists its "objects" (shape, colour, centre, size).
   DIR/digits/{split}.json + images/        LLaVA JSON. scikit-learn's bundled 8×8 `load_digits` images
       upscaled to 32×32: "What digit is shown?" -> "seven".
-  DIR/spoken_digits/{split}.jsonl + wav/    audio manifests (JSONL) + 16-bit WAV at 22.05 kHz. Strings of
-      2-5 digit words spoken by espeak-ng (the `espeakng-loader` wheel bundles the library and voices)
-      with varied voices, speeds and pitches; the test split uses voices held out from train/validation.
-      Two thirds are ASR records (text = the words), one third audio QA ("What digits are spoken?..."
-      -> "371"). If espeak-ng cannot be loaded, DTMF-like tone sequences replace speech and meta.json
-      says so ("audio_synth").
+  DIR/spoken_digits/{split}.jsonl + wav/    ASR manifests (JSONL {"audio", "text"}) + 16 kHz 16-bit WAV:
+      strings of 2-5 digit words ("three seven one") spoken by espeak-ng (the `espeakng-loader` wheel
+      bundles the library and voices) with varied voices, speeds and pitches; the test split is spoken
+      only by voices held out from train/validation (TRAIN_VOICES / TEST_VOICES).
+  DIR/trimodal/{split}.json + images/ + wav/   LLaVA JSON with an image *and* an audio item per record:
+      a shapes scene and one shapes-VQA question about it, spoken (the same voice split as the digits);
+      the user turn is "<image>\n<audio>\nAnswer the spoken question.", the question's text is kept in
+      "question".
+  DIR/trimodal_text/{split}.json    the same records with the question asked in text ("<image>\n{question}"),
+      image paths relative to DIR/trimodal (read them with the source option root=DIR/trimodal): the text
+      baseline of the spoken questions.
   DIR/timeseries/{co2,sunspots,elnino}.csv + spec.json + baselines.json   the public-domain
       statsmodels series (co2 monthly means of the weekly Mauna Loa record, 5 missing months linearly
       interpolated; yearly sunspots; El Niño monthly sea temperatures), windowed by SeriesSource with
       the context / horizon / stride / chronological split fractions in spec.json; baselines.json holds
       the seasonal-naive forecast's MSE and MAE per split, in the series' units and standardised by the
       training split's mean and std.
-  DIR/meta.json    seed, record counts, generator versions.
+  DIR/meta.json    seed, the build arguments, record counts, generator versions.
+
+Every clip (spoken digits and spoken questions) lasts exactly CLIP_SECONDS: the speech (leading and
+trailing silence trimmed, a random lead-in of up to 0.1 s) followed by silence, spoken faster when it
+would not fit. One clip length gives every batch that holds audio the same Whisper input shape, so a
+real-length Whisper encoder compiles once (configs/demo.py). If espeak-ng cannot be loaded, tone
+sequences (one DTMF-like chord per word) replace speech and meta.json says so ("audio_synth").
 
 The same seed gives byte-identical JSON/JSONL/CSV files and identical images and waveforms
 (espeak-ng's random generator, clock-seeded by default, and libc's `srand` are seeded before every
-utterance).
+utterance, and each split is spoken by a fresh process). `DEMO_BUILD` holds the arguments of the
+`make demo` data; `build_if_needed` rebuilds a folder only when its meta.json differs from them.
 """
 
 from __future__ import annotations
@@ -35,25 +47,39 @@ import ctypes.util
 import json
 import math
 import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 
+GENERATOR_VERSION = 2  # bump when the files a given seed produces change
 SPLITS = ("train", "validation", "test")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
            "purple": (140, 60, 170), "orange": (245, 130, 30)}
 SHAPES = ("circle", "square", "triangle")
+QUESTION_TYPES = ("count", "count_colour", "exists", "unique_colour")
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-TRAIN_VOICES = ("en+m1", "en+m3", "en+f1", "en+f3", "en-us+m2", "en-us+f2", "en-gb-scotland+m4", "en+Alex")
+TRAIN_VOICES = ("en+m1", "en+m3", "en+f1", "en+f3", "en-us+m2", "en-us+f2", "en-gb-scotland+m4", "en+Alex",
+                "en-gb-x-rp+f2", "en-029+m2", "en+klatt", "en+Andy")
 TEST_VOICES = ("en+m7", "en+f4", "en-us+m5")
-SPOKEN_QUESTION = "What digits are spoken? Answer with numerals."
+SAMPLE_RATE = 16000  # of the written WAV files (Whisper's rate: nothing to resample when training)
+CLIP_SECONDS = 2.0
+SPOKEN_WPM = (150, 221)  # words per minute, drawn per utterance
+TRIMODAL_PROMPT = "<image>\n<audio>\nAnswer the spoken question."
 SERIES_SPECS = {
     "co2": dict(file="co2.csv", time_column="date", context=48, horizon=12, stride=1, season=12),
     "sunspots": dict(file="sunspots.csv", time_column="year", context=33, horizon=11, stride=1, season=11),
     "elnino": dict(file="elnino.csv", time_column="date", context=48, horizon=12, stride=1, season=12),
 }
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
+PARTS = ("shapes", "digits", "spoken", "trimodal", "series")
+# What `make demo` trains on (configs/demo.py): build(out, 0, **DEMO_BUILD).
+DEMO_BUILD = dict(shapes=(4000, 100, 100), questions=3, digits=None, spoken=(1200, 40, 90), trimodal=(1500, 40, 100),
+                  parts=PARTS)
 
 
 def _rng(seed: int, *parts: int) -> np.random.Generator:
@@ -68,6 +94,15 @@ def _write_json(path: str, obj, *, lines: bool = False) -> None:
     else:
       json.dump(obj, f, ensure_ascii=False, indent=1, sort_keys=True)
       f.write("\n")
+
+
+def _progress(iterable, desc: str, total: int | None = None):
+  """A tqdm bar on stderr (plain iteration when tqdm is missing)."""
+  try:
+    from tqdm import tqdm
+  except ImportError:
+    return iterable
+  return tqdm(iterable, desc=desc, total=total, unit="it", leave=False, dynamic_ncols=True, mininterval=0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +140,7 @@ def render_scene(objects: Sequence[dict], size: int):
 
 
 def scene_questions(rng: np.random.Generator, objects: Sequence[dict], k: int = 2) -> list[tuple[str, str]]:
-  """k templated questions with exact answers, of distinct kinds where possible."""
+  """k templated questions with exact answers, of distinct kinds where possible (at most one per kind)."""
   unique = [s for s in SHAPES if sum(o["shape"] == s for o in objects) == 1]
   kinds = ["count", "count_colour", "exists"] + (["unique_colour"] if unique else [])
   out = []
@@ -130,18 +165,34 @@ def scene_questions(rng: np.random.Generator, objects: Sequence[dict], k: int = 
   return out
 
 
-def build_shapes(out: str, seed: int, counts: Sequence[int], size: int = 64) -> dict[str, int]:
+_QUESTION_PATTERNS = (("count", re.compile(r"How many shapes are there\?")),
+                      ("count_colour", re.compile(r"How many \w+ shapes are there\?")),
+                      ("exists", re.compile(r"Is there a \w+ \w+\?")),
+                      ("unique_colour", re.compile(r"What colour is the \w+\?")))
+
+
+def question_type(question: str) -> str | None:
+  """The kind (one of QUESTION_TYPES) of a templated shapes question (placeholders and spaces around
+  it ignored), or None for any other text."""
+  text = re.sub(r"<(image|audio|series)>", "", question).strip()
+  for kind, pattern in _QUESTION_PATTERNS:
+    if pattern.fullmatch(text):
+      return kind
+  return None
+
+
+def build_shapes(out: str, seed: int, counts: Sequence[int], size: int = 64, questions: int = 2) -> dict[str, int]:
   root = os.path.join(out, "shapes_vqa")
   os.makedirs(os.path.join(root, "images"), exist_ok=True)
   for s, (split, n) in enumerate(zip(SPLITS, counts)):
     rng = _rng(seed, 1, s)
     records = []
-    for i in range(n):
+    for i in _progress(range(n), f"shapes-VQA {split}"):
       objects = scene_objects(rng, size)
       name = f"images/{split}_{i:05d}.png"
       render_scene(objects, size).save(os.path.join(root, name))
       turns = []
-      for q, (question, answer) in enumerate(scene_questions(rng, objects)):
+      for q, (question, answer) in enumerate(scene_questions(rng, objects, questions)):
         turns += [{"from": "human", "value": ("<image>\n" if q == 0 else "") + question},
                   {"from": "gpt", "value": answer}]
       records.append({"id": f"shapes-{split}-{i:05d}", "image": name, "conversations": turns,
@@ -170,7 +221,7 @@ def build_digits(out: str, seed: int, counts: Sequence[int] | None = None, size:
     if counts is not None:
       idx = idx[:counts[s]]
     records = []
-    for i, k in enumerate(idx):
+    for i, k in enumerate(_progress(idx, f"digits {split}")):
       ink = np.round(255 - digits.images[k] * (255 / 16)).astype(np.uint8)  # dark ink on white
       name = f"images/{split}_{i:05d}.png"
       PIL.Image.fromarray(ink, mode="L").resize((size, size), PIL.Image.Resampling.NEAREST).save(
@@ -185,7 +236,7 @@ def build_digits(out: str, seed: int, counts: Sequence[int] | None = None, size:
 
 
 # ---------------------------------------------------------------------------------------------
-# spoken digits.
+# speech: spoken digits and spoken questions.
 
 
 class Espeak:
@@ -238,82 +289,230 @@ class Espeak:
     return np.concatenate(self._chunks)
 
 
-DTMF = {d: (f1, f2) for d, (f1, f2) in enumerate(
-    [(941, 1336), (697, 1209), (697, 1336), (697, 1477), (770, 1209), (770, 1336), (770, 1477), (852, 1209),
-     (852, 1336), (852, 1477)])}
+def _word_tones(word: str) -> tuple[int, int]:
+  """A DTMF-like frequency pair per word (digits: the telephone keypad's), for the tone fallback."""
+  keypad = [(941, 1336), (697, 1209), (697, 1336), (697, 1477), (770, 1209), (770, 1336), (770, 1477), (852, 1209),
+            (852, 1336), (852, 1477)]
+  if word in DIGIT_WORDS:
+    return keypad[DIGIT_WORDS.index(word)]
+  h = sum((i + 1) * ord(c) for i, c in enumerate(word))  # stable across processes, unlike hash()
+  return 500 + 37 * (h % 23), 1600 + 53 * (h // 23 % 19)
 
 
-def tone_digits(digits: Sequence[int], rate: int, speed: float) -> np.ndarray:
-  """The fallback "voice": a DTMF tone pair per digit, 0.25 s / speed each with 0.08 s gaps, int16."""
+def tone_words(text: str, rate: int, speed: float) -> np.ndarray:
+  """The fallback "voice": a tone pair per word, 0.2 s / speed each with 0.05 s gaps, int16."""
   parts = []
-  for d in digits:
-    t = np.arange(int(0.25 * rate / speed)) / rate
-    parts += [0.4 * (np.sin(2 * np.pi * DTMF[d][0] * t) + np.sin(2 * np.pi * DTMF[d][1] * t)),
-              np.zeros(int(0.08 * rate))]
+  for word in re.findall(r"[a-z]+", text.lower()):
+    f1, f2 = _word_tones(word)
+    t = np.arange(int(0.2 * rate / speed)) / rate
+    parts += [0.4 * (np.sin(2 * np.pi * f1 * t) + np.sin(2 * np.pi * f2 * t)), np.zeros(int(0.05 * rate))]
   return np.round(np.concatenate(parts) * 16000).astype(np.int16)
 
 
-def _speak_split(root: str, seed: int, s: int, n: int) -> tuple[list[dict], str, int]:
-  """Synthesizes split s (records, synthesizer description, sample rate). Runs in a fresh process."""
+def _trim(wave: np.ndarray, threshold: int = 64) -> np.ndarray:
+  """The part of an int16 waveform between its first and last sample louder than `threshold`."""
+  loud = np.flatnonzero(np.abs(wave.astype(np.int32)) > threshold)
+  return wave[loud[0]:loud[-1] + 1] if loud.size else wave
+
+
+def _resample_fft(x: np.ndarray, rate: int, target: int) -> np.ndarray:
+  """Band-limited resampling of a short clip by truncating (or zero-extending) its spectrum: numpy only,
+  so a speech worker starts without importing scipy. Trimmed speech starts and ends near zero, so the
+  FFT's periodic extension adds no edge artefact worth the cost of a polyphase filter here."""
+  if rate == target:
+    return x.astype(np.float32)
+  n_out = int(round(len(x) * target / rate))
+  spectrum = np.fft.rfft(x.astype(np.float64))
+  keep = min(len(spectrum), n_out // 2 + 1)
+  y = np.fft.irfft(spectrum[:keep], n_out) * (n_out / len(x))
+  return y.astype(np.float32)
+
+
+def speak_utterances(jobs: Sequence[dict], folder: str) -> dict:
+  """Speaks every job {"name": wav path relative to folder, "text", "voice", "wpm", "pitch", "seed",
+  "lead_in"} into a CLIP_SECONDS, 16 kHz, 16-bit WAV; returns {"synth", "wpm": the rate actually used
+  per job}. Speech that does not fit is spoken again 15 % faster until it does. Run it in a fresh
+  process for reproducible samples (`_speak_in_subprocess`)."""
   import soundfile as sf
-  split = SPLITS[s]
   try:
     engine = Espeak()
     synth = f"espeak-ng {engine.version} (espeakng-loader)"
   except Exception as e:  # noqa: BLE001 — any load failure selects the documented fallback
     engine = None
-    synth = f"DTMF tones: espeak-ng could not be loaded ({type(e).__name__}: {e})"
-  rate = engine.sample_rate if engine else 22050
-  rng = _rng(seed, 3, s)
-  voices = TEST_VOICES if split == "test" else TRAIN_VOICES
-  records = []
-  for i in range(n):
-    digits = [int(d) for d in rng.integers(0, 10, size=int(rng.integers(2, 6)))]
-    words = " ".join(DIGIT_WORDS[d] for d in digits)
-    voice = voices[int(rng.integers(len(voices)))]
-    wpm, pitch = int(rng.integers(120, 201)), int(rng.integers(25, 76))
-    noise_seed = int(rng.integers(1, 2**31 - 1))
-    if engine is not None:
-      wave = engine.say(words, voice, wpm, pitch, noise_seed)
-    else:
-      voice, wave = "tones", tone_digits(digits, rate, wpm / 160)
-    name = f"wav/{split}_{i:05d}.wav"
-    sf.write(os.path.join(root, name), wave, rate, subtype="PCM_16")
-    record = {"id": f"spoken-{split}-{i:05d}", "audio": name, "transcript": words, "voice": voice,
-              "rate_wpm": wpm, "pitch": pitch}
-    if i % 3 == 2:
-      record.update(question=SPOKEN_QUESTION, text="".join(str(d) for d in digits))
-    else:
-      record.update(text=words)
-    records.append(record)
-  return records, synth, rate
+    synth = f"tones: espeak-ng could not be loaded ({type(e).__name__}: {e})"
+  clip = int(CLIP_SECONDS * SAMPLE_RATE)
+  used = []
+  for job in jobs:
+    wpm = int(job["wpm"])
+    while True:
+      if engine is not None:
+        raw, rate = engine.say(job["text"], job["voice"], wpm, int(job["pitch"]), int(job["seed"])), engine.sample_rate
+      else:
+        raw, rate = tone_words(job["text"], 22050, wpm / 160), 22050
+      speech = _resample_fft(_trim(raw).astype(np.float32) / 32768, rate, SAMPLE_RATE)
+      lead = int(job["lead_in"] * SAMPLE_RATE)
+      if lead + len(speech) <= clip:
+        break
+      if wpm > 450:
+        raise RuntimeError(f"{job['text']!r} does not fit in {CLIP_SECONDS} s even at {wpm} words per minute")
+      wpm = int(wpm * 1.15) + 1
+    wave = np.zeros(clip, np.float32)
+    wave[lead:lead + len(speech)] = speech
+    pcm = np.clip(np.round(wave * 32768), -32768, 32767).astype(np.int16)
+    path = os.path.join(folder, job["name"])
+    sf.write(path + ".tmp", pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    os.replace(path + ".tmp", path)  # a file that exists is complete (the parent counts them for its bar)
+    used.append(wpm)
+  return {"synth": synth, "wpm": used}
 
 
-def build_spoken(out: str, seed: int, counts: Sequence[int]) -> dict:
-  """Each split is spoken by a fresh Python process: espeak-ng carries synthesis state from one
-  utterance to the next inside a process (the same call twice gives different samples), so a split is
-  reproducible only as the same sequence of calls from a freshly loaded library. (A plain subprocess,
-  not multiprocessing, so callers need no `if __name__ == "__main__"` guard.)"""
-  import subprocess
-  root = os.path.join(out, "spoken_digits")
-  os.makedirs(os.path.join(root, "wav"), exist_ok=True)
-  synths, rate = set(), 22050
-  for s, (split, n) in enumerate(zip(SPLITS, counts)):
-    code = ("import json, sys; from modrwkv_jax.data.demo import _speak_split; "
-            f"print(json.dumps(_speak_split({root!r}, {int(seed)}, {s}, {int(n)})))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+def _speak_in_subprocess(jobs: Sequence[dict], folder: str) -> dict:
+  """`speak_utterances` in a fresh Python process: espeak-ng carries synthesis state from one utterance
+  to the next inside a process (the same call twice gives different samples), so a list of utterances is
+  reproducible only as the same sequence of calls from a freshly loaded library. (A plain subprocess, not
+  multiprocessing, so callers need no `if __name__ == "__main__"` guard.)"""
+  with tempfile.TemporaryDirectory() as tmp:
+    jobs_file, result_file = os.path.join(tmp, "jobs.json"), os.path.join(tmp, "result.json")
+    with open(jobs_file, "w") as f:
+      json.dump(list(jobs), f)
+    code = ("import json, sys; from modrwkv_jax.data.demo import speak_utterances; "
+            "json.dump(speak_utterances(json.load(open(sys.argv[1])), sys.argv[2]), open(sys.argv[3], 'w'))")
+    proc = subprocess.run([sys.executable, "-c", code, jobs_file, folder, result_file], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-      raise RuntimeError(f"speaking the {split} split failed:\n{proc.stderr[-3000:]}")
-    records, synth, rate = json.loads(proc.stdout.strip().splitlines()[-1])
-    synths.add(synth)
-    _write_json(os.path.join(root, f"{split}.jsonl"), records, lines=True)
+      raise RuntimeError(f"speaking into {folder} failed:\n{proc.stderr[-3000:]}")
+    with open(result_file) as f:
+      return json.load(f)
+
+
+class _Speech:
+  """Utterance lists spoken by worker processes, two at a time (one per core of a small machine), while
+  the caller renders images; `wait()` shows one progress bar over every clip."""
+
+  def __init__(self, workers: int = 2):
+    import concurrent.futures
+    self._pool = concurrent.futures.ThreadPoolExecutor(workers)
+    self._tasks = []  # (future, folder, jobs)
+
+  def submit(self, jobs: Sequence[dict], folder: str):
+    future = self._pool.submit(_speak_in_subprocess, jobs, folder)
+    self._tasks.append((future, folder, jobs))
+    return future
+
+  def wait(self) -> None:
+    import concurrent.futures
+    import time
+    names = [os.path.join(folder, j["name"]) for _, folder, jobs in self._tasks for j in jobs]
+    bar = _progress(None, "speech (espeak-ng)", total=len(names)) if names else None
+    futures = [f for f, _, _ in self._tasks]
+    done = 0
+    try:
+      while futures and not all(f.done() for f in futures):
+        time.sleep(0.5)
+        now = sum(os.path.exists(n) for n in names)
+        if bar is not None and hasattr(bar, "update"):
+          bar.update(now - done)
+        done = now
+      for f in concurrent.futures.as_completed(futures):
+        f.result()  # re-raises a worker's error
+    finally:
+      if bar is not None and hasattr(bar, "close"):
+        bar.update(len(names) - done)
+        bar.close()
+      self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _voice_job(rng: np.random.Generator, split: str, name: str, text: str) -> dict:
+  voices = TEST_VOICES if split == "test" else TRAIN_VOICES
+  return {"name": name, "text": text, "voice": voices[int(rng.integers(len(voices)))],
+          "wpm": int(rng.integers(*SPOKEN_WPM)), "pitch": int(rng.integers(25, 76)),
+          "seed": int(rng.integers(1, 2**31 - 1)), "lead_in": round(float(rng.uniform(0, 0.1)), 3)}
+
+
+def _synth_meta(synths: set[str]) -> dict:
   (synth,) = synths if len(synths) == 1 else (" / ".join(sorted(synths)),)
   speech = synth.startswith("espeak-ng")
   if not speech:
-    print(f"warning: {synth}; spoken digits are tone sequences instead of speech", file=sys.stderr)
-  return {"counts": dict(zip(SPLITS, counts)), "audio_synth": synth, "sample_rate": rate,
+    print(f"warning: {synth}; spoken clips are tone sequences instead of speech", file=sys.stderr)
+  return {"audio_synth": synth, "sample_rate": SAMPLE_RATE, "clip_seconds": CLIP_SECONDS,
           "train_voices": list(TRAIN_VOICES) if speech else ["tones"],
           "test_voices": list(TEST_VOICES) if speech else ["tones"]}
+
+
+def plan_spoken(out: str, seed: int, counts: Sequence[int], speech: _Speech):
+  """Spoken digit strings, ASR records {"audio", "text": "three seven one", "voice", ...} per split:
+  submits the utterances to `speech`; the returned function writes the manifests (after `speech.wait()`)
+  and returns the part's meta.json entry."""
+  root = os.path.join(out, "spoken_digits")
+  os.makedirs(os.path.join(root, "wav"), exist_ok=True)
+  splits = []
+  for s, (split, n) in enumerate(zip(SPLITS, counts)):
+    rng = _rng(seed, 3, s)
+    records, jobs = [], []
+    for i in range(n):
+      digits = [int(d) for d in rng.integers(0, 10, size=int(rng.integers(2, 6)))]
+      words = " ".join(DIGIT_WORDS[d] for d in digits)
+      job = _voice_job(rng, split, f"wav/{split}_{i:05d}.wav", words)
+      jobs.append(job)
+      records.append({"id": f"spoken-{split}-{i:05d}", "audio": job["name"], "text": words, "voice": job["voice"],
+                      "pitch": job["pitch"]})
+    splits.append((split, records, speech.submit(jobs, root)))
+
+  def finish() -> dict:
+    synths = set()
+    for split, records, future in splits:
+      result = future.result()
+      synths.add(result["synth"])
+      for r, wpm in zip(records, result["wpm"]):
+        r["rate_wpm"] = wpm
+        if not result["synth"].startswith("espeak-ng"):
+          r["voice"] = "tones"
+      _write_json(os.path.join(root, f"{split}.jsonl"), records, lines=True)
+    return {"counts": dict(zip(SPLITS, counts)), **_synth_meta(synths)}
+  return finish
+
+
+def plan_trimodal(out: str, seed: int, counts: Sequence[int], speech: _Speech, size: int = 64):
+  """A shapes scene + one spoken question about it per record (trimodal/), and the same questions in
+  text (trimodal_text/, images read from trimodal/). Question kinds cycle through QUESTION_TYPES (a scene
+  without a unique shape is asked its count instead of a colour). Renders the images, submits the
+  utterances to `speech`; the returned function writes the records (after `speech.wait()`)."""
+  root, text_root = os.path.join(out, "trimodal"), os.path.join(out, "trimodal_text")
+  for folder in ("images", "wav"):
+    os.makedirs(os.path.join(root, folder), exist_ok=True)
+  os.makedirs(text_root, exist_ok=True)
+  splits = []
+  for s, (split, n) in enumerate(zip(SPLITS, counts)):
+    rng = _rng(seed, 4, s)
+    records, text_records, jobs = [], [], []
+    for i in _progress(range(n), f"tri-modal scenes {split}"):
+      objects = scene_objects(rng, size)
+      image = f"images/{split}_{i:05d}.png"
+      render_scene(objects, size).save(os.path.join(root, image))
+      options = {question_type(q): (q, a) for q, a in scene_questions(rng, objects, len(QUESTION_TYPES))}
+      question, answer = options.get(QUESTION_TYPES[i % len(QUESTION_TYPES)]) or options["count"]
+      job = _voice_job(rng, split, f"wav/{split}_{i:05d}.wav", question)
+      jobs.append(job)
+      rid = f"trimodal-{split}-{i:05d}"
+      records.append({"id": rid, "image": image, "audio": job["name"], "question": question, "voice": job["voice"],
+                      "objects": objects, "conversations": [{"from": "human", "value": TRIMODAL_PROMPT},
+                                                            {"from": "gpt", "value": answer}]})
+      text_records.append({"id": rid + "-text", "image": image, "question": question,
+                           "conversations": [{"from": "human", "value": "<image>\n" + question},
+                                             {"from": "gpt", "value": answer}]})
+    splits.append((split, records, text_records, speech.submit(jobs, root)))
+
+  def finish() -> dict:
+    synths = set()
+    for split, records, text_records, future in splits:
+      result = future.result()
+      synths.add(result["synth"])
+      for r, wpm in zip(records, result["wpm"]):
+        r["rate_wpm"] = wpm
+      _write_json(os.path.join(root, f"{split}.json"), records)
+      _write_json(os.path.join(text_root, f"{split}.json"), text_records)
+    return {"counts": dict(zip(SPLITS, counts)), **_synth_meta(synths)}
+  return finish
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,22 +572,67 @@ def build_series(out: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def build(out: str, seed: int = 0, *, shapes: Sequence[int] = (2000, 200, 200), digits: Sequence[int] | None = None,
-          spoken: Sequence[int] = (300, 50, 50), parts: Sequence[str] = ("shapes", "digits", "spoken", "series")
-          ) -> dict:
+# ---------------------------------------------------------------------------------------------
+
+
+def build(out: str, seed: int = 0, *, shapes: Sequence[int] = (2000, 200, 200), questions: int = 2,
+          digits: Sequence[int] | None = None, spoken: Sequence[int] = (300, 50, 50),
+          trimodal: Sequence[int] = (300, 50, 50), parts: Sequence[str] = PARTS) -> dict:
   """Writes the demo datasets under `out` (see the module docstring); returns meta.json's content."""
+  unknown = sorted(set(parts) - set(PARTS))
+  if unknown:
+    raise ValueError(f"demo.build: unknown parts {unknown}; known: {', '.join(PARTS)}")
   os.makedirs(out, exist_ok=True)
-  meta = {"seed": seed, "generator": "modrwkv_jax.data.demo"}
-  if "shapes" in parts:
-    meta["shapes_vqa"] = build_shapes(out, seed, shapes)
-  if "digits" in parts:
-    meta["digits"] = build_digits(out, seed, digits)
-  if "spoken" in parts:
-    meta["spoken_digits"] = build_spoken(out, seed, spoken)
-  if "series" in parts:
-    meta["timeseries"] = build_series(out)
+  meta = {"seed": seed, "generator": "modrwkv_jax.data.demo", "version": GENERATOR_VERSION,
+          "build": build_arguments(shapes=shapes, questions=questions, digits=digits, spoken=spoken,
+                                   trimodal=trimodal, parts=parts)}
+  speech = _Speech()
+  try:  # the speech workers run while this process renders the images
+    finish = {}
+    if "spoken" in parts:
+      finish["spoken_digits"] = plan_spoken(out, seed, spoken, speech)
+    if "trimodal" in parts:
+      finish["trimodal"] = plan_trimodal(out, seed, trimodal, speech)
+    if "shapes" in parts:
+      meta["shapes_vqa"] = build_shapes(out, seed, shapes, questions=questions)
+    if "digits" in parts:
+      meta["digits"] = build_digits(out, seed, digits)
+    if "series" in parts:
+      meta["timeseries"] = build_series(out)
+  finally:
+    speech.wait()
+  for key, fn in finish.items():
+    meta[key] = fn()
   _write_json(os.path.join(out, "meta.json"), meta)
   return meta
+
+
+def build_arguments(**kwargs) -> dict:
+  """`build`'s keyword arguments as meta.json stores them (lists, not tuples)."""
+  return {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in sorted(kwargs.items())}
+
+
+def build_if_needed(out: str, seed: int = 0, **kwargs) -> bool:
+  """Builds `out` unless its meta.json records this seed, generator version and these arguments
+  (a stale folder is emptied first). Writes `out/.complete` (what train.py's `data.builder` checks).
+  Returns True when it built."""
+  path = os.path.join(out, "meta.json")
+  want = {"seed": seed, "version": GENERATOR_VERSION, "build": build_arguments(**{**BUILD_DEFAULTS, **kwargs})}
+  if os.path.isfile(path) and os.path.isfile(os.path.join(out, ".complete")):
+    with open(path, encoding="utf-8") as f:
+      have = json.load(f)
+    if all(have.get(k) == v for k, v in want.items()):
+      return False
+  if os.path.isdir(out):
+    shutil.rmtree(out)
+  build(out, seed, **kwargs)
+  with open(os.path.join(out, ".complete"), "w") as f:
+    f.write("ok\n")
+  return True
+
+
+BUILD_DEFAULTS = dict(shapes=(2000, 200, 200), questions=2, digits=None, spoken=(300, 50, 50), trimodal=(300, 50, 50),
+                      parts=PARTS)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -396,17 +640,27 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--out", required=True, help="output folder")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--shapes", type=int, nargs=3, default=(2000, 200, 200), metavar=("TRAIN", "VAL", "TEST"))
+  parser.add_argument("--questions", type=int, default=2, help="questions per shapes-VQA scene (1-4)")
   parser.add_argument("--digits", type=int, nargs=3, default=None, metavar=("TRAIN", "VAL", "TEST"),
                       help="at most this many digits per split (default: all 1797, split 80/10/10)")
   parser.add_argument("--spoken", type=int, nargs=3, default=(300, 50, 50), metavar=("TRAIN", "VAL", "TEST"))
-  parser.add_argument("--parts", default="shapes,digits,spoken,series",
-                      help="comma-separated subset of shapes,digits,spoken,series")
+  parser.add_argument("--trimodal", type=int, nargs=3, default=(300, 50, 50), metavar=("TRAIN", "VAL", "TEST"))
+  parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+  parser.add_argument("--demo", action="store_true",
+                      help="the `make demo` data (DEMO_BUILD; the size flags are ignored), rebuilt only when stale")
   args = parser.parse_args(argv)
-  parts = [p for p in args.parts.split(",") if p]
-  unknown = set(parts) - {"shapes", "digits", "spoken", "series"}
-  if unknown:
-    parser.error(f"unknown --parts {sorted(unknown)}")
-  meta = build(args.out, args.seed, shapes=args.shapes, digits=args.digits, spoken=args.spoken, parts=parts)
+  if args.demo:
+    built = build_if_needed(args.out, args.seed, **DEMO_BUILD)
+    print(f"{args.out}: {'built' if built else 'up to date'}")
+    with open(os.path.join(args.out, "meta.json"), encoding="utf-8") as f:
+      meta = json.load(f)
+  else:
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+      parser.error(f"unknown --parts {sorted(unknown)}")
+    meta = build(args.out, args.seed, shapes=args.shapes, questions=args.questions, digits=args.digits,
+                 spoken=args.spoken, trimodal=args.trimodal, parts=parts)
   print(json.dumps({k: v for k, v in meta.items() if k != "timeseries"}, indent=1))
   if "timeseries" in meta:
     for name, b in meta["timeseries"].items():

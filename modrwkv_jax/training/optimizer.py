@@ -46,15 +46,20 @@ def path_str(kp) -> str:
 def trainable_mask(params: Mapping, selectors: Sequence[str], model=None) -> dict:
   """bool tree shaped like `params`: True where a named group or a regex of `selectors` selects the leaf.
 
+  With `model`, the group "encoder" means the encoders that train (`train_encoder` True), so one config
+  can train some encoders and keep a pretrained one frozen (configs/demo.py).
   Raises ValueError for a selector that selects nothing (a typo never silently freezes everything), and
-  for encoder leaves selected while the modality's `train_encoder` is False (its gradient would be cut).
+  for encoder leaves a regex selects while the modality's `train_encoder` is False (its gradient would be cut).
   """
   if isinstance(selectors, str):
     selectors = (selectors,)
   paths = [path_str(kp) for kp, _ in jax.tree_util.tree_leaves_with_path(params)]
   tests = []
   for s in selectors:
-    if s in GROUPS:
+    if s == "encoder" and model is not None:
+      training = tuple(f"encoders/{name}/" for name, m in model.modalities if m.train_encoder)
+      tests.append((s, lambda p, training=training: p.startswith(training)))
+    elif s in GROUPS:
       tests.append((s, GROUPS[s]))
     else:
       try:
@@ -63,6 +68,9 @@ def trainable_mask(params: Mapping, selectors: Sequence[str], model=None) -> dic
         raise ValueError(f"train.trainable: {s!r} is neither a group {sorted(GROUPS)} nor a regular expression ({e})")
       tests.append((s, lambda p, pattern=pattern: bool(pattern.search(p))))
   for name, test in tests:
+    if name == "encoder" and model is not None and not any(test(p) for p in paths):
+      raise ValueError("train.trainable: 'encoder' selects no parameter: every modality has train_encoder False "
+                       "(set model.modalities.<name>.train_encoder=True for the encoders that should train)")
     if not any(test(p) for p in paths):
       raise ValueError(f"train.trainable: {name!r} selects no parameter (groups: {sorted(GROUPS)}; paths look like "
                        f"{paths[0]!r}, {paths[-1]!r})")

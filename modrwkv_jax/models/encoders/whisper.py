@@ -34,7 +34,8 @@ With `scan_layers` the blocks are one scanned `encoder.layers` (leading axis "la
 (`model.encoder.*` / `encoder.*`) or of an encoder alone (`conv1.weight` at the top), e.g.
 openai/whisper-small, -medium, -large-v3 (128 mel bins); no torch at run time.
 `load_ctranslate2(path)` reads the encoder of a CTranslate2 `model.bin` (faster-whisper's format, e.g.
-Systran/faster-whisper-base; see `whisper_base_offline` for the copy on PyPI) with no ctranslate2.
+Systran/faster-whisper-base; see `whisper_base_offline` for the copy on PyPI) with no ctranslate2;
+`load_hf` hands such a file (or its folder) to it, so configs name either kind in `init.encoder_hf.audio`.
 """
 
 from __future__ import annotations
@@ -326,7 +327,11 @@ def load_hf(path: str | os.PathLike, *, param_dtype=jnp.float32, mesh=None,
     config_overrides: non-size fields, e.g. dtype="bfloat16", scan_layers=True (layers stacked under
       one `encoder.layers`), remat="block".
   Returns (config, params) with params a nested dict of `param_dtype` arrays.
+  A CTranslate2 `model.bin` (the file, or a folder holding it and no *.safetensors) is read by
+  `load_ctranslate2` instead, so `init.encoder_hf.audio` may name a faster-whisper folder.
   """
+  if is_ctranslate2(path):
+    return load_ctranslate2(path, param_dtype=param_dtype, mesh=mesh, **config_overrides)
   snap = Snapshot(path)
   config = WhisperConfig.from_hf(snap.config, os.path.join(snap.path, "config.json"), **config_overrides)
   params = params_from_snapshot(snap, config)
@@ -605,6 +610,21 @@ def _ct2_params(ct2: _Ct2File, config: WhisperConfig) -> dict:
   }
   ct2.check_all_used("encoder/")
   return transformer.stack_layers(params) if config.scan_layers else params
+
+
+def is_ctranslate2(path: str | os.PathLike) -> bool:
+  """Whether `path` is a CTranslate2 model.bin (by its first 4 bytes: binary version 6) or a folder
+  holding one and no *.safetensors (a Hugging Face snapshot otherwise)."""
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    if any(name.endswith(".safetensors") for name in os.listdir(path)):
+      return False
+    path = os.path.join(path, "model.bin")
+  if not os.path.isfile(path):
+    return False
+  with open(path, "rb") as f:
+    head = f.read(4)
+  return len(head) == 4 and struct.unpack("<I", head)[0] == _CT2_BINARY_VERSION
 
 
 def load_ctranslate2(path: str | os.PathLike, *, param_dtype=jnp.float32, mesh=None, num_heads: int | None = None,
