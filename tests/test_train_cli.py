@@ -1,6 +1,6 @@
 """`python train.py` end to end on configs/tiny.py (tri-modal, real offline data), in subprocesses:
 
-- two steps on meshes (8,1,1), (2,2,2), (1,4,2) and on one device give the same losses and updated
+- two steps on meshes (8,1,1) (data only) and (2,2,2) (data, fsdp and tensor at once) and on one device give the same losses and updated
   parameters (relative < 1e-5), with Bone adapters on RWKV-7 so every kind of leaf is sharded; a
   checkpoint written on one mesh restores onto another;
 - two processes × 4 devices over gloo give the same losses and parameters as one process × 8 devices;
@@ -31,20 +31,20 @@ MESH_SCRIPT = textwrap.dedent("""
     base = config_lib.apply_overrides(config_lib.load_config_file(sys.argv[3]), [
         f"data.cache_dir={data}", "train.steps=2", "optim.warmup=0", "train.progress=False", "model.peft.method='bone'",
         "model.peft.r=16", "train.trainable=('adapter', 'rwkv', 'peft', 'head')", "train.checkpoint_every=1"])
-    for shape in [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 4, 2)]:  # (1, 1, 1): the first device alone
+    for shape in [(1, 1, 1), (8, 1, 1), (2, 2, 2)]:  # (1, 1, 1): the first device alone
       c = config_lib.apply_overrides(base, [f"mesh.data={shape[0]}", f"mesh.fsdp={shape[1]}", f"mesh.tensor={shape[2]}"])
       work = os.path.join(out, "mesh_%d_%d_%d" % shape)
       trainer.train(c, work)
-      if shape == (1, 4, 2):  # parameters are really sharded over fsdp and tensor
+      if shape == (2, 2, 2):  # parameters are really sharded over fsdp and tensor
         setup = trainer.Setup(c, trainer.make_mesh(c))
         spec = setup.state_shardings["trainable"]["rwkv"]["blocks"]["att"]["receptance"]["kernel"].spec
         mu = [sh.spec for kp, sh in jax.tree_util.tree_leaves_with_path(setup.state_shardings["opt_state"])
               if "mu" in jax.tree_util.keystr(kp) and "'receptance']['kernel']" in jax.tree_util.keystr(kp)][0]
         print("receptance kernel", spec, "adam mu", mu)
         assert "fsdp" in str(spec) and "tensor" in str(spec) and spec == mu
-    # A checkpoint written on the (8, 1, 1) mesh restores onto (1, 4, 2), each leaf on its new sharding.
+    # A checkpoint written on the (8, 1, 1) mesh restores onto (2, 2, 2), each leaf on its new sharding.
     from modrwkv_jax import sharding
-    other = sharding.make_mesh(1, 4, 2)
+    other = sharding.make_mesh(2, 2, 2)
     _, on_8, _ = trainer.load_run(os.path.join(out, "mesh_8_1_1"), mesh=sharding.make_mesh(8, 1, 1))
     _, on_other, step = trainer.load_run(os.path.join(out, "mesh_8_1_1"), mesh=other)
     assert step == 2
@@ -88,7 +88,7 @@ def test_two_steps_are_the_same_on_every_mesh_and_on_one_device(mesh_runs):
   """Two steps: RWKV-LM's init zeroes the output projections, so the first step moves only them (and the
   head, the adapters); the second moves every weight."""
   want_loss, want = losses(mesh_runs / "mesh_1_1_1"), final_params(mesh_runs / "mesh_1_1_1", 2)
-  for name in ("mesh_8_1_1", "mesh_2_2_2", "mesh_1_4_2"):
+  for name in ("mesh_8_1_1", "mesh_2_2_2"):
     got_loss, got = losses(mesh_runs / name), final_params(mesh_runs / name, 2)
     assert all(_close(got_loss[s], want_loss[s]) for s in (1, 2)), (name, got_loss, want_loss)
     bad = [k for k in want if not _close(got[k], want[k], atol=PARAM_ATOL)]
