@@ -111,11 +111,8 @@ def _read_json(path: str):
 
 
 def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1, ensure_ascii=False)
-    f.write("\n")
-  os.replace(tmp, path)
+  from modrwkv_jax.evaluation.tasks import write_json
+  write_json(path, obj)
 
 
 def _norm(text) -> str:

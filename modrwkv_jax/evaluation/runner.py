@@ -201,7 +201,7 @@ def run(task: tasks.Task, model, params, pipeline, out: str, *, batch_size: int 
   result = {"task": task.name, **dict(info or {}), "n_questions": len(questions) + sum(skipped.values()),
             "n_answered": len(rows), "skipped": dict(skipped), "scores": scores,
             "throughput": _throughput(timings, batch_size), "files": task.submissions(rows, out)}
-  tasks._write_json(os.path.join(out, "metrics.json"), result)
+  tasks.write_json(os.path.join(out, "metrics.json"), result)
   return result
 
 

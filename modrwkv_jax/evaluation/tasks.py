@@ -201,7 +201,7 @@ class VQAv2(_LlavaQuestions):
     if self.test_questions and os.path.isfile(self.test_questions):  # the server wants every test question
       ids = [str(raw["question_id"]) for _, raw in _lines(self.test_questions) if isinstance(raw, dict)]
     path = os.path.join(out, "vqav2_answers_upload.json")
-    _write_json(path, [{"question_id": int(i) if str(i).isdigit() else i, "answer": answers.get(str(i), "")}
+    write_json(path, [{"question_id": int(i) if str(i).isdigit() else i, "answer": answers.get(str(i), "")}
                        for i in ids])
     return [path]
 
@@ -233,7 +233,7 @@ class GQA(_LlavaQuestions):
 
   def submissions(self, rows, out):
     path = os.path.join(out, "testdev_balanced_predictions.json")
-    _write_json(path, [{"questionId": r["id"], "prediction": r["parsed"]} for r in rows])
+    write_json(path, [{"questionId": r["id"], "prediction": r["parsed"]} for r in rows])
     return [path]
 
 
@@ -626,7 +626,8 @@ TASKS = {t.name: t for t in (VQAv2, GQA, TextVQA, POPE, ScienceQA, MMBench, ASR)
 ALL_TASKS = tuple(TASKS) + ("timeseries", "demo")
 
 
-def _write_json(path: str, obj) -> None:
+def write_json(path: str, obj) -> None:
+  """Writes `obj` as indented JSON to `path` atomically (a temporary file, then os.replace)."""
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=1, ensure_ascii=False)
