@@ -118,8 +118,8 @@ def get_config():
   c.train.checkpoint_every = 150
   c.train.keep_checkpoints = 1
 
-  c.optim.lr = 3e-3
-  c.optim.warmup = 20
+  c.optim.lr = 2e-3  # 3e-3 / warmup 20 gave the same image scores and worse forecasts (El Niño 0.347 vs 0.270)
+  c.optim.warmup = 30
   c.optim.schedule = "cosine"
   c.optim.weight_decay = 0.0
   c.optim.clip = 1.0
