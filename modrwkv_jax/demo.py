@@ -125,16 +125,14 @@ def _exact(rows) -> float | None:
 
 def _series_stats(config, name: str) -> tuple[float, float]:
   """Mean and std of the training split of series source `name` (the z-normalisation eval.py uses)."""
-  from modrwkv_jax.data import sources
+  from modrwkv_jax.evaluation import tasks
   from modrwkv_jax.training import config as config_lib
   for s in config.data.sources:
     path = config_lib._data_path(config, s["path"])
     if s["kind"] == "series" and os.path.splitext(os.path.basename(path))[0] == name:
       opts = {k: v for k, v in config_lib._data_options(config, dict(s.get("options") or {})).items()
               if k in ("context", "horizon", "columns", "time_column", "split_fractions")}
-      train = sources.SeriesSource(path, split="train", **opts)
-      lo, hi = train.bounds
-      return float(train.values[lo:hi].mean()), float(train.values[lo:hi].std()) or 1.0
+      return tasks.train_split_stats(path, **opts)
   raise KeyError(f"the config has no series source named {name!r}")
 
 

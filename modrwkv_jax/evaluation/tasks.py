@@ -477,6 +477,15 @@ class ASR(Task):
     return {"n_scored": len(rows), "wer": 100 * metrics.wer(refs, hyps, normalize=True)}
 
 
+def train_split_stats(path: str, **options) -> tuple[float, float]:
+  """(mean, std) of the train split of series file `path` (std 1.0 for a constant series): the z-normalisation
+  of the forecasting metrics. `options` are `sources.SeriesSource`'s (context, horizon, split_fractions, ...)."""
+  train = sources.SeriesSource(path, split="train", **options)
+  lo, hi = train.bounds
+  values = train.values[lo:hi]
+  return float(values.mean()), float(values.std()) or 1.0
+
+
 class TimeSeries(Task):
   """Forecasting windows of one series file with the model's forecasting head.
 
@@ -494,9 +503,7 @@ class TimeSeries(Task):
     kw = dict(context=context, horizon=horizon, stride=stride or horizon, columns=columns, time_column=time_column,
               split_fractions=tuple(split_fractions))
     self.source = sources.SeriesSource(questions, split=split, **kw)
-    train = sources.SeriesSource(questions, split="train", **kw)
-    lo, hi = train.bounds
-    self.mean, self.std = float(train.values[lo:hi].mean()), float(train.values[lo:hi].std()) or 1.0
+    self.mean, self.std = train_split_stats(questions, **kw)
     self.season, self.horizon = season, horizon
 
   def questions(self):
