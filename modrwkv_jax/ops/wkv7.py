@@ -29,23 +29,18 @@ there (the state then passes unchanged) and must not let a padding position chan
   pallas     the same chunk algebra as Pallas kernels (pallas_kernels/wkv7): Triton on GPUs, Mosaic
              on TPUs, interpret mode on the CPU (correct but slow: for tests).
 
-`impl="auto"` chooses per backend and per use, from measurements (issue 17: the WKV-7 op on the 2-core
-CPU, fp32, B 1, N 64, median of 7 interleaved runs; ModRWKV prefill in benchmarks/efficiency.py):
+`impl="auto"` chooses per backend and per use:
 
   backend    forward only (prefill, eval)   under autodiff (training)   one step (T = 1, decode)
   cpu        scan                           chunked                     scan
   gpu, tpu   pallas                         pallas                      scan
   (cpu: the "scan_fwd_chunked_vjp" implementation gives both columns; gpu/tpu: not yet measured on a GPU)
 
-  CPU, ms                 T=16   T=256  T=1024  T=4096  T=16384
-  fwd      scan     H=4   0.20   2.03   7.57    60.0    232       (H=16, T=1024: 86.5; T=4096: 280)
-           chunked  H=4   0.45   5.82   19.8    168     519       (H=16, T=1024: 170;  T=4096: 540)
-  fwd+bwd  scan     H=4   10.6   174    694     2982    -         (H=16, T=1024: 3227)
-           chunked  H=4   0.84   13.9   61.5    413     1529      (H=16, T=1024: 403)
-
-The chunked forward is 1.9-2.9x slower than the scan's at every T and H measured (16 <= T <= 32768,
-2 <= H <= 16); its forward+backward is 7-15x faster than the scan's autodiff. A single decoding step
-always runs the plain recurrence.
+The CPU row rests on `benchmarks/wkv7.py` (benchmarks/results/wkv7-cpu.json: fp32, B 1, H 4, N 64, chunk 16).
+Differentiated, the chunked form is 8.9x / 10.8x / 8.6x faster than the scan's autodiff at T = 512 / 2048 / 8192.
+Forward only, the scan takes 0.76x / 1.27x / 0.35x the chunked time, so it is faster at 512 and 8192 and
+slower at 2048. A single decoding step always runs the plain recurrence. Re-measure with
+`python benchmarks/wkv7.py` before changing the table.
 
 Sharding: the recurrence is independent per (batch, head). Given `partition` (the mesh axes of the
 batch and head dimensions, e.g. from the logical rules) and an active mesh (`jax.set_mesh`), the
