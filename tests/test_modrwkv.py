@@ -219,6 +219,90 @@ def test_loss_terms_add_up_across_micro_batches(params, items):
   np.testing.assert_allclose(correct / count, float(metrics["accuracy"]), rtol=1e-6)
 
 
+def _labelled_batch(items, seed, label_rows):
+  """A 2-row batch with an image prefix; row b labels positions label_rows[b]."""
+  images, _, _ = items
+  rs = np.random.RandomState(seed)
+  T = 12
+  labels = np.full((2, T), -100)
+  for b, positions in enumerate(label_rows):
+    labels[b, positions] = rs.randint(0, 500, len(positions))
+  mask = np.ones((2, T), bool)
+  mask[1, -2:] = False  # right padding
+  return {"tokens": rs.randint(1, 500, (2, T)), "labels": labels, "mask": mask, "image": images[:, None],
+          "image_pos": np.asarray([list(range(4)) + [-1] * (T - 4)] * 2)}
+
+
+@pytest.mark.parametrize("capacity", [3, 4])
+def test_label_capacity_gives_the_every_position_loss_and_gradients(params, items, capacity):
+  """label_capacity K runs the head at each row's first K label positions. Reference: float64 log-softmax
+  of the full forward's logits at the label positions. K = 3 is below the longest row (4 labels): that
+  batch takes the every-position branch of the cond; K = 4 and 7 take the label-position branch."""
+  batch = _labelled_batch(items, 7, [[5, 6, 8, 10], [4, 9]])
+  logits, _ = modrwkv.forward(CONFIG, params, batch)
+  logp = np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64), -1))
+  labels = batch["labels"]
+  hits = [(b, t) for b, t in zip(*np.nonzero(labels >= 0))]
+  want_nll = -sum(logp[b, t, labels[b, t]] for b, t in hits)
+  want_correct = sum(int(np.argmax(logp[b, t]) == labels[b, t]) for b, t in hits)
+  nll, count, aux = jax.jit(lambda p, b: modrwkv.loss_terms(CONFIG, p, b, label_capacity=capacity))(params, batch)
+  assert int(count) == 6 and int(aux["correct"]) == want_correct
+  assert abs(float(nll) - want_nll) <= 1e-5 * abs(want_nll)
+
+  def grads(capacity):
+    fn = lambda p: modrwkv.loss_terms(CONFIG, p, batch, label_capacity=capacity)[0]
+    return jax.tree.leaves(jax.jit(jax.grad(fn))(params))
+  for got, want in zip(grads(capacity), grads(0)):
+    if not np.any(np.asarray(want)):  # parts the batch does not reach (the audio encoder)
+      assert not np.any(np.asarray(got))
+    else:
+      assert rel_rms_err(got, want) < 1e-5
+
+
+def test_a_modality_no_position_uses_is_not_encoded(params, items):
+  """A batch whose audio slots are all padding (no audio_pos >= 0) skips the audio encoder: the loss and
+  gradients equal those of the batch without audio, even when the slots hold NaN (encoded, 0 · NaN
+  would poison the audio adapter's gradient)."""
+  batch = _labelled_batch(items, 9, [[5, 6], [4]])
+  padded = dict(batch, audio=np.full((2, 1, 32, 8), np.nan, np.float32), audio_mask=np.ones((2, 1, 32), bool),
+                audio_pos=np.full_like(batch["image_pos"], -1))
+  fn = jax.jit(jax.value_and_grad(lambda p, b: modrwkv.loss(CONFIG, p, b)[0]))
+  (want, want_g), (got, got_g) = fn(params, batch), fn(params, padded)
+  assert abs(float(got) - float(want)) <= 1e-6 * abs(float(want))
+  for g, w in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+    assert np.all(np.isfinite(g))
+    if not np.any(np.asarray(w)):  # the audio encoder and adapter: untouched
+      assert not np.any(np.asarray(g))
+    else:
+      assert rel_rms_err(g, w) < 1e-5
+
+
+def test_label_capacity_runs_the_head_at_k_positions_only(params, items):
+  """The traced program: with K = 4 the vocabulary head's matmul makes [B, K, V] logits (and the
+  fallback branch [B, T, V]); without a capacity only [B, T, V]."""
+  batch = _labelled_batch(items, 8, [[5, 6], [4]])
+  V = CONFIG.rwkv.vocab_size
+
+  def head_shapes(capacity):
+    jaxpr = jax.make_jaxpr(lambda p: modrwkv.loss_terms(CONFIG, p, batch, label_capacity=capacity))(params)
+    found = set()
+
+    def walk(jx):
+      for eqn in jx.eqns:
+        if eqn.primitive.name == "dot_general" and eqn.outvars[0].aval.shape[-1] == V:
+          found.add(tuple(eqn.outvars[0].aval.shape))
+        for value in eqn.params.values():
+          for sub in (value if isinstance(value, (list, tuple)) else [value]):
+            if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+              walk(sub.jaxpr)
+            elif hasattr(sub, "eqns"):
+              walk(sub)
+    walk(jaxpr.jaxpr)
+    return found
+  assert head_shapes(0) == {(2, 12, V)}
+  assert head_shapes(4) == {(2, 4, V), (2, 12, V)}
+
+
 def test_negative_labels_are_ignored_and_out_of_vocabulary_labels_are_loud(params, items):
   images, _, _ = items
   rs = np.random.RandomState(6)
@@ -294,6 +378,18 @@ def test_forecasting_head_predicts_in_revin_units():
   value, metrics = modrwkv.forecast_loss(cfg, p, batch)
   np.testing.assert_allclose(value, np.mean((np.asarray(pred) - (target[:, 0] - mean) / std) ** 2), rtol=1e-4)
   np.testing.assert_allclose(metrics["mae"], np.mean(np.abs(np.asarray(pred_units) - target[:, 0])), rtol=1e-4)
+  # The training objective runs the encoder and RWKV-7 once for both losses: its terms equal the two
+  # separate functions', and its program has one forward's matrix products plus the forecasting head's.
+  from modrwkv_jax.training import step as step_lib
+  labelled = dict(batch, labels=np.where(np.arange(T)[None] >= n + 1, batch["tokens"], -100))
+  terms = step_lib._objective_terms(cfg, p, labelled)
+  nll, count, _ = modrwkv.loss_terms(cfg, p, labelled)
+  se, n_values, _ = modrwkv.forecast_loss_terms(cfg, p, labelled)
+  assert int(terms["tokens"]) == int(count) and int(terms["values"]) == int(n_values)
+  assert rel_rms_err(terms["nll"], nll) < 1e-6 and rel_rms_err(terms["se"], se) < 1e-6
+  dots = lambda fn: str(jax.make_jaxpr(fn)(p)).count("dot_general")
+  assert dots(lambda q: step_lib._objective_terms(cfg, q, labelled)) == dots(
+      lambda q: modrwkv.loss_terms(cfg, q, labelled)) + 1
   # Only rows that hold a series and target steps marked real count: a mixed batch, a padding row.
   masked = dict(batch, series_count=np.asarray([1, 0], np.int32),
                 target_mask=np.asarray([[[True, True, False]], [[True, True, True]]]))

@@ -280,6 +280,18 @@ def test_full_training_is_three_forwards_and_a_frozen_encoder_runs_forward_only(
   assert everything["total"] == pytest.approx(3 * (enc + projector + rwkv.total), rel=1e-12)
 
 
+def test_label_capacity_counts_the_head_at_its_positions_only():
+  """head_T (train.label_capacity): the 2·D·V head runs at B·head_T positions, forward and both gradients."""
+  full = flops.step_flops(MODEL, BATCH, {"rwkv": True, "projectors": True})
+  capped = flops.step_flops(MODEL, dict(BATCH, head_T=10), {"rwkv": True, "projectors": True})
+  head_per_position = 2 * MODEL.rwkv.n_embd * MODEL.rwkv.vocab_size
+  assert full["total"] - capped["total"] == pytest.approx(3 * head_per_position * 2 * (40 - 10), rel=1e-12)
+  assert flops.step_flops(MODEL, dict(BATCH, head_T=400), {"rwkv": True})["total"] == pytest.approx(
+      flops.step_flops(MODEL, BATCH, {"rwkv": True})["total"], rel=1e-12)  # capped at T
+  with pytest.raises(ValueError, match="head_T"):
+    flops.step_flops(MODEL, dict(BATCH, head_T=0), {"rwkv": True})
+
+
 def test_peft_adds_the_adapters_small_gradients():
   rwkv, enc, projector = _parts()
   bone = peft.PeftConfig(method="bone", r=8)

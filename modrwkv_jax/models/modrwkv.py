@@ -168,6 +168,16 @@ def pipeline_num_tokens(config: ModRWKVConfig, name: str, hop_length: int = 160)
 # ---------------------------------------------------------------------------------------------
 # The model.
 
+def _encode_if_used(config: ModRWKVConfig, params: Mapping, name: str, pos, items, mask, shapes):
+  """`encode_items`, run only when a position of the batch takes a token of this modality (`lax.cond`):
+  a batch of a mixture whose rows hold no audio (or no image...) skips that encoder, whose fixed-shape
+  input slots hold only padding. Same values and gradients either way: unused tokens are never read."""
+  run = lambda params, items, mask, shapes: encode_items(config, params, name, items, mask, shapes)
+  out = jax.eval_shape(run, params, items, mask, shapes)
+  skip = lambda *_: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out)
+  return jax.lax.cond(jnp.any(pos >= 0), run, skip, params, items, mask, shapes)
+
+
 def embed_inputs(config: ModRWKVConfig, params: Mapping, batch: Mapping):
   """Builds the input embedding sequence: text embeddings with modality tokens spliced in.
 
@@ -193,7 +203,7 @@ def embed_inputs(config: ModRWKVConfig, params: Mapping, batch: Mapping):
     shapes = batch.get(f"{name}_spatial_shapes")
     if shapes is not None:
       shapes = jnp.asarray(shapes, jnp.int32).reshape(B * I, 2)
-    tok, tok_mask = encode_items(config, params, name, flat, mask, shapes)
+    tok, tok_mask = _encode_if_used(config, params, name, pos, flat, mask, shapes)
     L = tok.shape[1]
     tok = tok.reshape(B, I * L, tok.shape[-1])
     # pos = i·L_m + j with L_m the most real tokens of any item (the data layer's convention);
@@ -217,25 +227,63 @@ def forward(config: ModRWKVConfig, params: Mapping, batch: Mapping, state: rwkv7
                        segment_ids=batch.get("segment_ids"))
 
 
-def loss_terms(config: ModRWKVConfig, params: Mapping, batch: Mapping):
+def hidden_states(config: ModRWKVConfig, params: Mapping, batch: Mapping):
+  """The final hidden states (after ln_out) of a batch: float32[B, T, D]. One pass serves both the
+  language-model loss (`loss_terms`) and the forecasting head (`forecast`)."""
+  x, mask, _ = embed_inputs(config, params, batch)
+  hidden, _ = rwkv7.forward(config.rwkv, params["rwkv"], embeddings=x, mask=mask, hidden=True,
+                            segment_ids=batch.get("segment_ids"))
+  return hidden
+
+
+def _label_nll(config: ModRWKVConfig, params: Mapping, hidden, labels):
+  """hidden float32[..., D], labels int32[...] -> (nll float32[...] (0 where ignored), argmax hit bool[...])."""
+  logits = rwkv7.head(config.rwkv, params["rwkv"], hidden)
+  valid = labels >= 0
+  safe = jnp.where(valid, labels, 0)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, jnp.minimum(safe, logp.shape[-1] - 1)[..., None], axis=-1)[..., 0]
+  nll = jnp.where(safe >= logp.shape[-1], jnp.nan, nll)
+  return jnp.where(valid, nll, 0.0), valid & (jnp.argmax(logits, -1) == safe)
+
+
+def loss_terms(config: ModRWKVConfig, params: Mapping, batch: Mapping, *, hidden=None, label_capacity: int = 0):
   """Summed cross-entropy over label positions and their count: the terms that gradient accumulation
   and multi-host averaging add up before dividing once.
 
   Labels: every negative label is ignored (−100 by our convention; other codebases' −1 too, so it is
   never trained as a target); a label >= V makes its nll NaN (the loss is NaN, loudly: the data do not
   belong to this vocabulary).
+
+  hidden: float32[B, T, D] from `hidden_states` when the caller already has them (else computed here).
+  label_capacity: 0 computes the V-word head at every position. K > 0 computes it only at each row's
+    first K label positions, [B, K] instead of [B, T] (the head and softmax dominate a small model's step:
+    SFT labels only the answers). The result is the same: a batch with a row of more than K labels takes
+    the every-position path (`lax.cond`, both compiled; only one runs).
   Returns:
     (nll_sum float32[], n_tokens int32[], aux {"correct": int32[] argmax hits}).
   """
-  logits, _ = forward(config, params, batch)
+  if hidden is None:
+    hidden = hidden_states(config, params, batch)
   labels = jnp.asarray(batch["labels"], jnp.int32)
   valid = labels >= 0
-  safe = jnp.where(valid, labels, 0)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, jnp.minimum(safe, logp.shape[-1] - 1)[..., None], axis=-1)[..., 0]
-  nll = jnp.where(safe >= logp.shape[-1], jnp.nan, nll)
-  nll_sum = jnp.where(valid, nll, 0.0).sum()
-  correct = jnp.where(valid, jnp.argmax(logits, -1) == safe, False).sum().astype(jnp.int32)
+  T = labels.shape[1]
+
+  def every_position(hidden, labels):
+    nll, hit = _label_nll(config, params, hidden, labels)
+    return nll.sum(), hit.sum().astype(jnp.int32)
+
+  if label_capacity <= 0 or label_capacity >= T:
+    nll_sum, correct = every_position(hidden, labels)
+  else:
+    def label_positions(hidden, labels):
+      # Each row's label positions first, in order (a stable sort of "not a label"), then the first K.
+      order = jnp.argsort(~valid, axis=1, stable=True)[:, :label_capacity]
+      h = jnp.take_along_axis(hidden, order[..., None], axis=1)
+      nll, hit = _label_nll(config, params, h, jnp.take_along_axis(labels, order, axis=1))
+      return nll.sum(), hit.sum().astype(jnp.int32)
+    fits = valid.sum(axis=1).max() <= label_capacity
+    nll_sum, correct = jax.lax.cond(fits, label_positions, every_position, hidden, labels)
   return nll_sum, valid.sum().astype(jnp.int32), {"correct": correct}
 
 
@@ -271,16 +319,19 @@ def _series_stats(batch):
   return stats.mean[..., 0], stats.std[..., 0]
 
 
-def forecast(config: ModRWKVConfig, params: Mapping, batch: Mapping):
+def forecast(config: ModRWKVConfig, params: Mapping, batch: Mapping, *, hidden=None):
   """Forecasts the horizon from the final hidden state at each example's last real position.
+
+  hidden: float32[B, T, D] from `hidden_states` when the caller already has them (else computed here).
 
   Returns:
     (normalised prediction float32[B, horizon], prediction in the series' units float32[B, horizon]).
   """
   if not config.forecast_horizon:
     raise ValueError("forecast: this ModRWKVConfig has forecast_horizon = 0 (no forecasting head)")
-  x, mask, _ = embed_inputs(config, params, batch)
-  hidden, _ = rwkv7.forward(config.rwkv, params["rwkv"], embeddings=x, mask=mask, hidden=True)
+  if hidden is None:
+    hidden = hidden_states(config, params, batch)
+  mask = jnp.asarray(batch["mask"], bool) if "mask" in batch else jnp.ones(hidden.shape[:2], bool)
   last = jnp.max(jnp.where(mask, jnp.arange(mask.shape[1])[None], -1), axis=1)
   h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
   head = params["forecast_head"]
@@ -301,7 +352,7 @@ def forecast_target_mask(batch: Mapping):
   return valid
 
 
-def forecast_loss_terms(config: ModRWKVConfig, params: Mapping, batch: Mapping):
+def forecast_loss_terms(config: ModRWKVConfig, params: Mapping, batch: Mapping, *, hidden=None):
   """Summed squared error (RevIN units) over the real target values and their count: the terms that
   gradient accumulation and multi-host averaging add up before dividing once.
 
@@ -312,7 +363,7 @@ def forecast_loss_terms(config: ModRWKVConfig, params: Mapping, batch: Mapping):
     (se_sum float32[], n_values int32[], aux {"se_units": float32[] squared error in the series' units,
      "ae_units": float32[] absolute error in the series' units}).
   """
-  pred, pred_units = forecast(config, params, batch)
+  pred, pred_units = forecast(config, params, batch, hidden=hidden)
   target = jnp.asarray(batch["target"], jnp.float32)[:, 0]
   if target.shape[-1] != config.forecast_horizon:
     raise ValueError(f"forecast: the batch's targets have {target.shape[-1]} steps; forecast_horizon is "

@@ -502,8 +502,12 @@ class RWKV7(nn.Module):
     x = self.ln_out(x)
     if hidden:
       return x.astype(jnp.float32), new_state
-    logits = nn.with_logical_constraint(self.head(x), ("batch", "length", "act_vocab"))
-    return logits, new_state
+    return self.logits(x), new_state
+
+  def logits(self, x):
+    """x: float[..., D] final hidden states (after ln_out) -> float32[..., V]."""
+    axes = ("batch", "length", "act_vocab") if x.ndim == 3 else (None,) * (x.ndim - 1) + ("act_vocab",)
+    return nn.with_logical_constraint(self.head(x.astype(self.config.compute_dtype)), axes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,6 +601,16 @@ def check_tokens(config: RWKV7Config, tokens, where: str = "tokens") -> None:
 def embed(config: RWKV7Config, params: Mapping, tokens) -> jax.Array:
   """tokens: int[B, T] -> float[B, T, D] embeddings (the rows of emb.weight, before ln0)."""
   return RWKV7(config).apply({"params": params}, tokens, method=RWKV7.embed)
+
+
+def head(config: RWKV7Config, params: Mapping, hidden) -> jax.Array:
+  """hidden: float[..., D] final hidden states (`forward(..., hidden=True)`) -> logits float32[..., V].
+
+  `forward` = `head` ∘ `forward(hidden=True)`; apart, a loss can take the 65,536-word head at its label
+  positions only (`modrwkv.loss_terms(label_capacity=...)`)."""
+  if hidden.shape[-1] != config.n_embd:
+    raise ValueError(f"head: hidden states must be float[..., D={config.n_embd}]; got shape {tuple(hidden.shape)}")
+  return RWKV7(config).apply({"params": params}, hidden, method=RWKV7.logits)
 
 
 def forward(config: RWKV7Config, params: Mapping, tokens=None, state: RWKV7State | None = None, *,

@@ -336,12 +336,15 @@ def _check_step_args(config, batch_shape: Mapping, trainable: Mapping) -> None:
   for key in ("B", "T"):
     if not isinstance(batch_shape.get(key), numbers.Integral) or batch_shape[key] <= 0:
       raise ValueError(f"step_flops: batch_shape[{key!r}] must be a positive int; got {batch_shape.get(key)!r}")
+  head_t = batch_shape.get("head_T")
+  if head_t is not None and (not isinstance(head_t, numbers.Integral) or head_t <= 0):
+    raise ValueError(f"step_flops: batch_shape['head_T'] must be a positive int or None; got {head_t!r}")
   for key, value in batch_shape.items():
-    if key in ("B", "T"):
+    if key in ("B", "T", "head_T"):
       continue
     if key not in configured:
       raise ValueError(f"step_flops: batch_shape has {key!r}, which is not a configured modality "
-                       f"({configured or 'none'}); its keys are 'B', 'T' and modality names")
+                       f"({configured or 'none'}); its keys are 'B', 'T', 'head_T' and modality names")
     if not (isinstance(value, (tuple, list)) and len(value) == 2):
       raise ValueError(f"step_flops: batch_shape[{key!r}] must be (items per row, input length); got {value!r}")
   unknown = sorted(set(trainable) - {"rwkv", "encoders", "projectors", "peft"})
@@ -362,7 +365,9 @@ def step_flops(config, batch_shape: Mapping, trainable: Mapping, *, peft_config=
   Args:
     config: modrwkv.ModRWKVConfig.
     batch_shape: {"B": rows, "T": positions per row, <modality>: (items per row, input length)} for
-      each modality the batch holds (input length as in `encoder_parts`; None where it is ignored).
+      each modality the batch holds (input length as in `encoder_parts`; None where it is ignored);
+      optional "head_T": the positions per row the vocabulary head runs at (`train.label_capacity`;
+      default T).
     trainable: {"rwkv": bool, "encoders": {modality: bool}, "projectors": bool, "peft": bool}; a
       missing key is False. "projectors" also covers the forecasting head.
     peft_config: the adapters on RWKV-7 (peft.PeftConfig). None with trainable["peft"] True means
@@ -410,7 +415,9 @@ def step_flops(config, batch_shape: Mapping, trainable: Mapping, *, peft_config=
     run(PartFlops(_dense(B, config.rwkv.n_embd, config.forecast_horizon)), train_proj, False)
 
   rwkv_needs_grad = upstream_trains or train_peft
-  run(rwkv7_parts(config.rwkv, B * T), train_rwkv, rwkv_needs_grad)
+  head_T = min(T, int(batch_shape.get("head_T") or T))
+  head = PartFlops(_dense(B * head_T, config.rwkv.n_embd, config.rwkv.vocab_size))
+  run(rwkv7_parts(config.rwkv, B * T, head=False) + head, train_rwkv, rwkv_needs_grad)
   if peft_config is not None:
     extra = adapter_flops(config.rwkv, peft_config, B * T)
     forward += extra["forward"]

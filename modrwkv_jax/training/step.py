@@ -38,11 +38,13 @@ def model_batch(batch: Mapping) -> dict:
           if k in MODEL_KEYS or k.split("_")[0] in modrwkv.MODALITIES}
 
 
-def _objective_terms(model: modrwkv.ModRWKVConfig, params, batch):
-  nll, n_tok, aux = modrwkv.loss_terms(model, params, batch)
+def _objective_terms(model: modrwkv.ModRWKVConfig, params, batch, label_capacity: int = 0):
+  # One pass of the encoders and RWKV-7 feeds both objectives.
+  hidden = modrwkv.hidden_states(model, params, batch)
+  nll, n_tok, aux = modrwkv.loss_terms(model, params, batch, hidden=hidden, label_capacity=label_capacity)
   terms = {"nll": nll, "tokens": n_tok, "correct": aux["correct"]}
   if model.forecast_horizon and "target" in batch:
-    se, n_val, faux = modrwkv.forecast_loss_terms(model, params, batch)
+    se, n_val, faux = modrwkv.forecast_loss_terms(model, params, batch, hidden=hidden)
     terms.update(se=se, values=n_val, se_units=faux["se_units"], ae_units=faux["ae_units"])
   return terms
 
@@ -65,12 +67,15 @@ def _micro_batches(batch: Mapping, accum: int) -> dict:
 
 
 def make_train_step(model: modrwkv.ModRWKVConfig, optimizer: optax.GradientTransformation, *, grad_accum: int = 1,
-                    forecast_weight: float = 1.0):
+                    forecast_weight: float = 1.0, label_capacity: int = 0):
   """state, batch -> (state, metrics). Metrics are device scalars: loss, nll, tokens, accuracy,
-  grad_norm, lr-independent; and forecast_mse/values when the model forecasts."""
+  grad_norm, lr-independent; and forecast_mse/values when the model forecasts.
+
+  label_capacity: K > 0 takes the vocabulary head at each row's first K label positions only (the same
+  loss; a batch with a longer row takes every position: `modrwkv.loss_terms`)."""
 
   def share(trainable, frozen, batch, n_tok, n_val):
-    terms = _objective_terms(model, peft.combine(trainable, frozen), batch)
+    terms = _objective_terms(model, peft.combine(trainable, frozen), batch, label_capacity)
     value = terms["nll"] / jnp.maximum(n_tok, 1).astype(jnp.float32)
     if "se" in terms:
       value = value + forecast_weight * terms["se"] / jnp.maximum(n_val, 1).astype(jnp.float32)
@@ -118,10 +123,10 @@ def make_train_step(model: modrwkv.ModRWKVConfig, optimizer: optax.GradientTrans
   return step
 
 
-def make_eval_step(model: modrwkv.ModRWKVConfig):
+def make_eval_step(model: modrwkv.ModRWKVConfig, label_capacity: int = 0):
   """params, batch -> summed terms (nll, tokens, correct[, se, values, se_units, ae_units])."""
   def step(trainable, frozen, batch):
-    return _objective_terms(model, peft.combine(trainable, frozen), batch)
+    return _objective_terms(model, peft.combine(trainable, frozen), batch, label_capacity)
   return step
 
 

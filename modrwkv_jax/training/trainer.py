@@ -176,7 +176,8 @@ class Setup:
     axes_t = _select(self.axes, self.mask)
     self.optimizer = optim_lib.make_optimizer(config.optim, config.train.steps, abs_t, axes_t)
     self.step_fn = step_lib.make_train_step(self.model, self.optimizer, grad_accum=config.train.grad_accum,
-                                            forecast_weight=config.train.forecast_weight)
+                                            forecast_weight=config.train.forecast_weight,
+                                            label_capacity=config.train.get("label_capacity", 0))
     abstract_state = jax.eval_shape(
         lambda t, f: step_lib.init_state(t, f, self.optimizer, config.seed), abs_t, abs_f)
     self.state_shardings = state_shardings(abstract_state, _flat_shardings(self.abstract), mesh)
@@ -288,7 +289,7 @@ def train(config, workdir: str, *, config_file_diff: Mapping | None = None) -> d
 
   # ---- compile -----------------------------------------------------------------------------------
   step_jit, _ = setup.jit_step()
-  eval_jit = jax.jit(step_lib.make_eval_step(model))
+  eval_jit = jax.jit(step_lib.make_eval_step(model, config.train.get("label_capacity", 0)))
   peak = config.train.peak_flops or flops_lib.peak_flops_per_device(jax.devices()[0])
   if peak is None and jax.devices()[0].platform == "cpu":
     peak = flops_lib.measure_cpu_matmul_flops()
@@ -325,7 +326,8 @@ def train(config, workdir: str, *, config_file_diff: Mapping | None = None) -> d
         row = _row(m, state, setup, step, config)
         if t_log is not None:  # the first logged step includes compilation: no throughput for it
           dt = (now - t_log) / steps_since
-          flops_per_step = flops_lib.step_flops(model, _batch_shape(batch, model), trainable_parts,
+          flops_per_step = flops_lib.step_flops(model, _batch_shape(batch, model, config.train.get("label_capacity", 0)),
+                                                trainable_parts,
                                                 peft_config=setup.peft)["total"]
           row.update(step_time=dt, tokens_per_sec=tokens_since / steps_since / dt,
                      mfu=flops_lib.mfu(flops_per_step, dt, jax.device_count(), peak) if peak else None)
@@ -385,9 +387,11 @@ def _trainable_parts(setup, model) -> dict:
           "projectors": selected("adapter") or selected("head")}
 
 
-def _batch_shape(batch, model) -> dict:
+def _batch_shape(batch, model, label_capacity: int = 0) -> dict:
   B, T = batch["tokens"].shape
   out = {"B": B, "T": T}
+  if label_capacity > 0:  # the head's positions (a batch over capacity runs all T: a rare, slower step)
+    out["head_T"] = min(T, label_capacity)
   for name, _ in model.modalities:
     if name in batch:
       out[name] = (batch[name].shape[1], batch[name].shape[2])
@@ -494,7 +498,8 @@ def compile_only(config) -> dict:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   counts = setup.counts()
   from modrwkv_jax.training import flops as flops_lib
-  model_flops = flops_lib.step_flops(setup.model, _batch_shape(batch, setup.model), _trainable_parts(setup, setup.model),
+  model_flops = flops_lib.step_flops(setup.model, _batch_shape(batch, setup.model, config.train.get("label_capacity", 0)),
+                                     _trainable_parts(setup, setup.model),
                                      peft_config=setup.peft)["total"]
   out = {"mesh": dict(mesh.shape), "devices": jax.device_count(), "compile_seconds": seconds,
          "model_flops_per_step": model_flops,
