@@ -23,10 +23,11 @@ test split), spoken questions about shapes scenes (image + audio + text in one r
 questions in text, and the co2 and El Niño monthly series. Every source has a test split that
 `eval.py --task demo` scores.
 
-Cost on a 2-core CPU: every step pays, for each of its 16 rows, the 65,536-word head and softmax at
-every position (most of the step) and one 2-s Whisper-base pass (the batch has a fixed audio shape, with
-or without audio), so sequences are kept short (8 image and 9 audio tokens) and every matmul runs in
-bfloat16 (float32 parameters and optimizer state).
+Cost on a 2-core CPU: the 65,536-word head and softmax run at the answer positions only
+(train.label_capacity: at most 18 labels per row in this mixture; a longer row falls back to every
+position), and one 2-s Whisper-base pass per row runs in every batch that holds audio (the batch has a
+fixed audio shape; a batch without audio skips the encoder). Sequences are kept short (8 image and 9 audio
+tokens) and every matmul runs in bfloat16 (float32 parameters and optimizer state).
 
 `init.encoder_hf.audio` must exist before train.py starts: `make demo` (or the `data` command above)
 joins it; with another data.cache_dir, set init.encoder_hf.audio to match.
@@ -109,10 +110,11 @@ def get_config():
   c.data.series.horizon = 12
   c.data.series.max_items = 1
 
-  c.train.steps = 300
+  c.train.steps = 450
   c.train.batch_size = 16
   # Everything but Whisper-base: adapters, RWKV-7, the image and series encoders, the forecasting head.
   c.train.trainable = ("adapter", "rwkv", "encoder", "head")  # "encoder": those with train_encoder=True
+  c.train.label_capacity = 20  # the answers: at most 18 label tokens per row here (3 shapes-VQA answers)
   c.train.log_every = 5
   c.train.eval_every = 0
   c.train.checkpoint_every = 150
