@@ -24,9 +24,9 @@ questions in text, and the co2 and El Niño monthly series. Every source has a t
 `eval.py --task demo` scores.
 
 Cost on a 2-core CPU: the 65,536-word head and softmax run at the answer positions only
-(train.label_capacity: at most 18 labels per row in this mixture; a longer row falls back to every
-position), and one 2-s Whisper-base pass per row runs in every batch that holds audio (the batch has a
-fixed audio shape; a batch without audio skips the encoder). Sequences are kept short (8 image and 9 audio
+(train.label_capacity: at most 18 labels per row in this mixture; a longer row is an error), and one
+2-s Whisper-base pass runs for each row of every batch (the batch has a fixed audio shape, with or without
+audio). Sequences are kept short (8 image and 9 audio
 tokens) and every matmul runs in bfloat16 (float32 parameters and optimizer state).
 
 `init.encoder_hf.audio` must exist before train.py starts: `make demo` (or the `data` command above)

@@ -233,53 +233,44 @@ def _labelled_batch(items, seed, label_rows):
           "image_pos": np.asarray([list(range(4)) + [-1] * (T - 4)] * 2)}
 
 
-@pytest.mark.parametrize("capacity", [3, 4])
-def test_label_capacity_gives_the_every_position_loss_and_gradients(params, items, capacity):
+def test_label_capacity_gives_the_every_position_loss_and_gradients(params, items):
   """label_capacity K runs the head at each row's first K label positions. Reference: float64 log-softmax
-  of the full forward's logits at the label positions. K = 3 is below the longest row (4 labels): that
-  batch takes the every-position branch of the cond; K = 4 and 7 take the label-position branch."""
+  of the full forward's logits at the label positions, and the every-position gradients. With K below the
+  longest row (4 labels) the labels past each row's K-th are counted as over capacity and left out, and
+  the host-side check refuses such a batch."""
   batch = _labelled_batch(items, 7, [[5, 6, 8, 10], [4, 9]])
   logits, _ = modrwkv.forward(CONFIG, params, batch)
   logp = np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64), -1))
   labels = batch["labels"]
   hits = [(b, t) for b, t in zip(*np.nonzero(labels >= 0))]
+  terms = jax.jit(lambda p, b, k: modrwkv.loss_terms(CONFIG, p, b, label_capacity=k), static_argnums=2)
+  nll, count, aux = terms(params, batch, 4)
+  assert int(count) == 6 and int(aux["over_capacity"]) == 0
+  assert int(aux["correct"]) == sum(int(np.argmax(logp[b, t]) == labels[b, t]) for b, t in hits)
   want_nll = -sum(logp[b, t, labels[b, t]] for b, t in hits)
-  want_correct = sum(int(np.argmax(logp[b, t]) == labels[b, t]) for b, t in hits)
-  nll, count, aux = jax.jit(lambda p, b: modrwkv.loss_terms(CONFIG, p, b, label_capacity=capacity))(params, batch)
-  assert int(count) == 6 and int(aux["correct"]) == want_correct
   assert abs(float(nll) - want_nll) <= 1e-5 * abs(want_nll)
 
   def grads(capacity):
     fn = lambda p: modrwkv.loss_terms(CONFIG, p, batch, label_capacity=capacity)[0]
     return jax.tree.leaves(jax.jit(jax.grad(fn))(params))
-  for got, want in zip(grads(capacity), grads(0)):
+  for got, want in zip(grads(4), grads(0)):
     if not np.any(np.asarray(want)):  # parts the batch does not reach (the audio encoder)
       assert not np.any(np.asarray(got))
     else:
       assert rel_rms_err(got, want) < 1e-5
 
-
-def test_a_modality_no_position_uses_is_not_encoded(params, items):
-  """A batch whose audio slots are all padding (no audio_pos >= 0) skips the audio encoder: the loss and
-  gradients equal those of the batch without audio, even when the slots hold NaN (encoded, 0 · NaN
-  would poison the audio adapter's gradient)."""
-  batch = _labelled_batch(items, 9, [[5, 6], [4]])
-  padded = dict(batch, audio=np.full((2, 1, 32, 8), np.nan, np.float32), audio_mask=np.ones((2, 1, 32), bool),
-                audio_pos=np.full_like(batch["image_pos"], -1))
-  fn = jax.jit(jax.value_and_grad(lambda p, b: modrwkv.loss(CONFIG, p, b)[0]))
-  (want, want_g), (got, got_g) = fn(params, batch), fn(params, padded)
-  assert abs(float(got) - float(want)) <= 1e-6 * abs(float(want))
-  for g, w in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
-    assert np.all(np.isfinite(g))
-    if not np.any(np.asarray(w)):  # the audio encoder and adapter: untouched
-      assert not np.any(np.asarray(g))
-    else:
-      assert rel_rms_err(g, w) < 1e-5
+  nll3, count3, aux3 = terms(params, batch, 3)  # row 0 loses its 4th label (position 10)
+  assert int(count3) == 6 and int(aux3["over_capacity"]) == 1
+  assert abs(float(nll3) - (want_nll + logp[0, 10, labels[0, 10]])) <= 1e-5 * abs(want_nll)
+  modrwkv.check_label_capacity(labels, 4)
+  modrwkv.check_label_capacity(labels, 0)
+  with pytest.raises(ValueError, match="4 label tokens; train.label_capacity is 3"):
+    modrwkv.check_label_capacity(labels, 3, where="step 7")
 
 
 def test_label_capacity_runs_the_head_at_k_positions_only(params, items):
-  """The traced program: with K = 4 the vocabulary head's matmul makes [B, K, V] logits (and the
-  fallback branch [B, T, V]); without a capacity only [B, T, V]."""
+  """The traced program: with K = 4 the vocabulary head's matmul makes [B, K, V] logits and no
+  [B, T, V]; without a capacity [B, T, V]."""
   batch = _labelled_batch(items, 8, [[5, 6], [4]])
   V = CONFIG.rwkv.vocab_size
 
@@ -300,7 +291,7 @@ def test_label_capacity_runs_the_head_at_k_positions_only(params, items):
     walk(jaxpr.jaxpr)
     return found
   assert head_shapes(0) == {(2, 12, V)}
-  assert head_shapes(4) == {(2, 4, V), (2, 12, V)}
+  assert head_shapes(4) == {(2, 4, V)}
 
 
 def test_negative_labels_are_ignored_and_out_of_vocabulary_labels_are_loud(params, items):

@@ -168,16 +168,6 @@ def pipeline_num_tokens(config: ModRWKVConfig, name: str, hop_length: int = 160)
 # ---------------------------------------------------------------------------------------------
 # The model.
 
-def _encode_if_used(config: ModRWKVConfig, params: Mapping, name: str, pos, items, mask, shapes):
-  """`encode_items`, run only when a position of the batch takes a token of this modality (`lax.cond`):
-  a batch of a mixture whose rows hold no audio (or no image...) skips that encoder, whose fixed-shape
-  input slots hold only padding. Same values and gradients either way: unused tokens are never read."""
-  run = lambda params, items, mask, shapes: encode_items(config, params, name, items, mask, shapes)
-  out = jax.eval_shape(run, params, items, mask, shapes)
-  skip = lambda *_: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out)
-  return jax.lax.cond(jnp.any(pos >= 0), run, skip, params, items, mask, shapes)
-
-
 def embed_inputs(config: ModRWKVConfig, params: Mapping, batch: Mapping):
   """Builds the input embedding sequence: text embeddings with modality tokens spliced in.
 
@@ -203,7 +193,7 @@ def embed_inputs(config: ModRWKVConfig, params: Mapping, batch: Mapping):
     shapes = batch.get(f"{name}_spatial_shapes")
     if shapes is not None:
       shapes = jnp.asarray(shapes, jnp.int32).reshape(B * I, 2)
-    tok, tok_mask = _encode_if_used(config, params, name, pos, flat, mask, shapes)
+    tok, tok_mask = encode_items(config, params, name, flat, mask, shapes)
     L = tok.shape[1]
     tok = tok.reshape(B, I * L, tok.shape[-1])
     # pos = i·L_m + j with L_m the most real tokens of any item (the data layer's convention);
@@ -258,10 +248,12 @@ def loss_terms(config: ModRWKVConfig, params: Mapping, batch: Mapping, *, hidden
   hidden: float32[B, T, D] from `hidden_states` when the caller already has them (else computed here).
   label_capacity: 0 computes the V-word head at every position. K > 0 computes it only at each row's
     first K label positions, [B, K] instead of [B, T] (the head and softmax dominate a small model's step:
-    SFT labels only the answers). The result is the same: a batch with a row of more than K labels takes
-    the every-position path (`lax.cond`, both compiled; only one runs).
+    SFT labels only the answers). Exact when no row has more than K labels; a label beyond a row's K-th
+    is left out of nll_sum and counted in aux["over_capacity"] (n_tokens still counts it). The trainer
+    checks every batch on the host before the step (`check_label_capacity`), so a run never trains on
+    a truncated loss.
   Returns:
-    (nll_sum float32[], n_tokens int32[], aux {"correct": int32[] argmax hits}).
+    (nll_sum float32[], n_tokens int32[], aux {"correct": int32[] argmax hits, "over_capacity": int32[]}).
   """
   if hidden is None:
     hidden = hidden_states(config, params, batch)
@@ -269,22 +261,28 @@ def loss_terms(config: ModRWKVConfig, params: Mapping, batch: Mapping, *, hidden
   valid = labels >= 0
   T = labels.shape[1]
 
-  def every_position(hidden, labels):
-    nll, hit = _label_nll(config, params, hidden, labels)
-    return nll.sum(), hit.sum().astype(jnp.int32)
+  over = jnp.zeros((), jnp.int32)
+  if 0 < label_capacity < T:
+    # Each row's label positions first, in order (a stable sort of "not a label"), then the first K.
+    order = jnp.argsort(~valid, axis=1, stable=True)[:, :label_capacity]
+    hidden = jnp.take_along_axis(hidden, order[..., None], axis=1)
+    labels = jnp.take_along_axis(labels, order, axis=1)
+    over = jnp.maximum(valid.sum(axis=1) - label_capacity, 0).sum().astype(jnp.int32)
+  nll, hit = _label_nll(config, params, hidden, labels)
+  nll_sum, correct = nll.sum(), hit.sum().astype(jnp.int32)
+  return nll_sum, valid.sum().astype(jnp.int32), {"correct": correct, "over_capacity": over}
 
-  if label_capacity <= 0 or label_capacity >= T:
-    nll_sum, correct = every_position(hidden, labels)
-  else:
-    def label_positions(hidden, labels):
-      # Each row's label positions first, in order (a stable sort of "not a label"), then the first K.
-      order = jnp.argsort(~valid, axis=1, stable=True)[:, :label_capacity]
-      h = jnp.take_along_axis(hidden, order[..., None], axis=1)
-      nll, hit = _label_nll(config, params, h, jnp.take_along_axis(labels, order, axis=1))
-      return nll.sum(), hit.sum().astype(jnp.int32)
-    fits = valid.sum(axis=1).max() <= label_capacity
-    nll_sum, correct = jax.lax.cond(fits, label_positions, every_position, hidden, labels)
-  return nll_sum, valid.sum().astype(jnp.int32), {"correct": correct}
+
+def check_label_capacity(labels, label_capacity: int, where: str = "batch") -> None:
+  """Raises ValueError when a row of concrete labels int[B, T] has more than `label_capacity` labels (>= 0);
+  0 means no capacity. `loss_terms(label_capacity=K)` is exact only below the bound."""
+  if label_capacity <= 0:
+    return
+  per_row = (np.asarray(labels) >= 0).sum(axis=-1)
+  if per_row.size and int(per_row.max()) > label_capacity:
+    raise ValueError(f"{where}: a row has {int(per_row.max())} label tokens; train.label_capacity is "
+                     f"{label_capacity} (raise it, or set 0 to compute the head at every position)")
+
 
 
 def loss(config: ModRWKVConfig, params: Mapping, batch: Mapping):

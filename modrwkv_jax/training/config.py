@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.trainable = ("adapter", "rwkv")  # named groups and/or regexes over param paths
   c.train.forecast_weight = 1.0  # weight of the forecasting MSE next to the token loss
   # K > 0: the vocabulary head and softmax run at each row's first K label positions only (the same loss;
-  # a batch with a row of more labels runs every position). 0: every position.
+  # a batch with a row of more labels stops the run with an error naming this key). 0: every position.
   c.train.label_capacity = 0
   c.train.log_every = 10
   c.train.eval_every = 0  # 0: no periodic validation

@@ -72,7 +72,7 @@ def make_train_step(model: modrwkv.ModRWKVConfig, optimizer: optax.GradientTrans
   grad_norm, lr-independent; and forecast_mse/values when the model forecasts.
 
   label_capacity: K > 0 takes the vocabulary head at each row's first K label positions only (the same
-  loss; a batch with a longer row takes every position: `modrwkv.loss_terms`)."""
+  loss while no row has more than K labels, which the trainer checks on the host: `modrwkv.loss_terms`)."""
 
   def share(trainable, frozen, batch, n_tok, n_val):
     terms = _objective_terms(model, peft.combine(trainable, frozen), batch, label_capacity)

@@ -310,6 +310,8 @@ def train(config, workdir: str, *, config_file_diff: Mapping | None = None) -> d
   try:
     while step < config.train.steps and stop["signal"] is None:
       local = next(train_it)
+      modrwkv.check_label_capacity(local["labels"], config.train.get("label_capacity", 0),
+                                   where=f"train.py: the batch of step {step + 1}")
       batch = data_lib.global_batch(local, mesh)
       if profile and step == profile[0]:
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
@@ -390,7 +392,7 @@ def _trainable_parts(setup, model) -> dict:
 def _batch_shape(batch, model, label_capacity: int = 0) -> dict:
   B, T = batch["tokens"].shape
   out = {"B": B, "T": T}
-  if label_capacity > 0:  # the head's positions (a batch over capacity runs all T: a rare, slower step)
+  if label_capacity > 0:  # the positions the vocabulary head runs at
     out["head_T"] = min(T, label_capacity)
   for name, _ in model.modalities:
     if name in batch:
@@ -417,6 +419,8 @@ def evaluate(eval_jit, state, eval_cfg, config, mesh) -> dict:
   for i, local in enumerate(it):
     if i >= config.train.eval_batches:
       break
+    modrwkv.check_label_capacity(local["labels"], config.train.get("label_capacity", 0),
+                                 where=f"train.py: validation batch {i}")
     terms = jax.device_get(eval_jit(state["trainable"], state["frozen"], data_lib.global_batch(local, mesh)))
     for k, v in terms.items():
       totals[k] = totals.get(k, 0) + float(v)
