@@ -284,7 +284,6 @@ def check_label_capacity(labels, label_capacity: int, where: str = "batch") -> N
                      f"{label_capacity} (raise it, or set 0 to compute the head at every position)")
 
 
-
 def loss(config: ModRWKVConfig, params: Mapping, batch: Mapping):
   """Token-mean cross-entropy over label positions (labels >= 0): `loss_terms` sum / count.
 

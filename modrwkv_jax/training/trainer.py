@@ -177,7 +177,7 @@ class Setup:
     self.optimizer = optim_lib.make_optimizer(config.optim, config.train.steps, abs_t, axes_t)
     self.step_fn = step_lib.make_train_step(self.model, self.optimizer, grad_accum=config.train.grad_accum,
                                             forecast_weight=config.train.forecast_weight,
-                                            label_capacity=config.train.get("label_capacity", 0))
+                                            label_capacity=_label_capacity(config))
     abstract_state = jax.eval_shape(
         lambda t, f: step_lib.init_state(t, f, self.optimizer, config.seed), abs_t, abs_f)
     self.state_shardings = state_shardings(abstract_state, _flat_shardings(self.abstract), mesh)
@@ -289,7 +289,7 @@ def train(config, workdir: str, *, config_file_diff: Mapping | None = None) -> d
 
   # ---- compile -----------------------------------------------------------------------------------
   step_jit, _ = setup.jit_step()
-  eval_jit = jax.jit(step_lib.make_eval_step(model, config.train.get("label_capacity", 0)))
+  eval_jit = jax.jit(step_lib.make_eval_step(model, _label_capacity(config)))
   peak = config.train.peak_flops or flops_lib.peak_flops_per_device(jax.devices()[0])
   if peak is None and jax.devices()[0].platform == "cpu":
     peak = flops_lib.measure_cpu_matmul_flops()
@@ -310,7 +310,7 @@ def train(config, workdir: str, *, config_file_diff: Mapping | None = None) -> d
   try:
     while step < config.train.steps and stop["signal"] is None:
       local = next(train_it)
-      modrwkv.check_label_capacity(local["labels"], config.train.get("label_capacity", 0),
+      modrwkv.check_label_capacity(local["labels"], _label_capacity(config),
                                    where=f"train.py: the batch of step {step + 1}")
       batch = data_lib.global_batch(local, mesh)
       if profile and step == profile[0]:
@@ -328,7 +328,7 @@ def train(config, workdir: str, *, config_file_diff: Mapping | None = None) -> d
         row = _row(m, state, setup, step, config)
         if t_log is not None:  # the first logged step includes compilation: no throughput for it
           dt = (now - t_log) / steps_since
-          flops_per_step = flops_lib.step_flops(model, _batch_shape(batch, model, config.train.get("label_capacity", 0)),
+          flops_per_step = flops_lib.step_flops(model, _batch_shape(batch, model, _label_capacity(config)),
                                                 trainable_parts,
                                                 peft_config=setup.peft)["total"]
           row.update(step_time=dt, tokens_per_sec=tokens_since / steps_since / dt,
@@ -389,6 +389,11 @@ def _trainable_parts(setup, model) -> dict:
           "projectors": selected("adapter") or selected("head")}
 
 
+def _label_capacity(config) -> int:
+  """train.label_capacity (0, every position, for a run config written before the key existed)."""
+  return int(config.train.get("label_capacity", 0))
+
+
 def _batch_shape(batch, model, label_capacity: int = 0) -> dict:
   B, T = batch["tokens"].shape
   out = {"B": B, "T": T}
@@ -419,7 +424,7 @@ def evaluate(eval_jit, state, eval_cfg, config, mesh) -> dict:
   for i, local in enumerate(it):
     if i >= config.train.eval_batches:
       break
-    modrwkv.check_label_capacity(local["labels"], config.train.get("label_capacity", 0),
+    modrwkv.check_label_capacity(local["labels"], _label_capacity(config),
                                  where=f"train.py: validation batch {i}")
     terms = jax.device_get(eval_jit(state["trainable"], state["frozen"], data_lib.global_batch(local, mesh)))
     for k, v in terms.items():
@@ -502,7 +507,7 @@ def compile_only(config) -> dict:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   counts = setup.counts()
   from modrwkv_jax.training import flops as flops_lib
-  model_flops = flops_lib.step_flops(setup.model, _batch_shape(batch, setup.model, config.train.get("label_capacity", 0)),
+  model_flops = flops_lib.step_flops(setup.model, _batch_shape(batch, setup.model, _label_capacity(config)),
                                      _trainable_parts(setup, setup.model),
                                      peft_config=setup.peft)["total"]
   out = {"mesh": dict(mesh.shape), "devices": jax.device_count(), "compile_seconds": seconds,
