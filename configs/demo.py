@@ -87,6 +87,10 @@ def get_config():
       dict(kind="series", path="{cache}/demo/timeseries/co2.csv", weight=0.05, options=series),
       dict(kind="series", path="{cache}/demo/timeseries/elnino.csv", weight=0.05, options=series),
   ]
+  # Image reading first: the first 60 steps see digits only. A from-scratch LM on the whole mixture answers
+  # every digit with the prior ("two"); 60 steps of one image task teach it to read image tokens, and the
+  # mixture keeps that (digits 0.08 -> 0.61, tri-modal gap 0.14 -> 0.02 in a 450-step run).
+  c.data.curriculum = [dict(steps=60, sources=[dict(kind="llava", path="{cache}/demo/digits/{split}.json")])]
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   c.data.mixture_length = 4096  # records per epoch of the mixture

@@ -20,6 +20,7 @@ import pytest
 from modrwkv_jax import demo
 from modrwkv_jax.data import demo as demo_data
 from modrwkv_jax.evaluation import metrics as eval_metrics
+from modrwkv_jax.training import config as C
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.py")
@@ -41,6 +42,9 @@ TINY += [f"model.modalities.audio.encoder_config.{k}={WHISPER[k]}"
          for k in ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "max_source_positions")]
 TINY += ["train.steps=2", "train.batch_size=4", "data.mixture_length=8", "train.checkpoint_every=2", "train.log_every=1",
          "train.progress=False", "optim.warmup=0", "data.length_buckets=(64,)"]  # one compiled train step
+# The demo's curriculum, cut to one step on the whole mixture (the same batch structure: no second compile),
+# so that train.py switches from data.curriculum[0] to data.sources after step 1.
+TINY += ["data.curriculum=" + repr([{"steps": 1, "sources": [dict(s) for s in C.load_config_file(DEMO_CONFIG).data.sources]}])]
 LIMIT = 4  # test questions (or forecast windows) per part
 
 

@@ -73,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.root = ""  # "{root}" in source paths and options: where the user keeps downloaded datasets
   c.data.sources = []
   c.data.eval_sources = None  # None: `sources` read with eval_split
+  # A curriculum: phases of training steps that read their own sources (same format as data.sources)
+  # before data.sources takes over, e.g. [dict(steps=60, sources=[dict(kind="llava", path=...)])].
+  c.data.curriculum = []
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   c.data.layout = "prefix"
@@ -375,23 +378,47 @@ def check_packing(config) -> None:
                      "position); set --config.data.packing=False")
 
 
-def pipeline_config(config, model, *, split_sources: str = "train", batch_size: int):
-  """The data.PipelineConfig of `config.data` for the modalities of `model`; `batch_size` rows per host."""
+def curriculum(config) -> list[tuple[int, list]]:
+  """data.curriculum checked: [(steps, sources)] for the phases that run before data.sources.
+
+  Each phase is dict(steps=N > 0, sources=[...]) in data.sources' format; together they must leave
+  data.sources at least one step of train.steps."""
+  phases = []
+  for i, phase in enumerate(config.data.get("curriculum") or ()):
+    phase = dict(phase)
+    steps, sources = phase.get("steps"), phase.get("sources")
+    if sorted(phase) != ["sources", "steps"] or not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 \
+        or not sources:
+      raise ValueError(f"data.curriculum[{i}]: needs steps (a positive int) and sources (a non-empty list in "
+                       f"data.sources' format); got {phase!r}")
+    phases.append((steps, list(sources)))
+  total = sum(n for n, _ in phases)
+  if phases and total >= config.train.steps:
+    raise ValueError(f"data.curriculum: its phases take {total} steps, but train.steps is {config.train.steps}: "
+                     "data.sources would never be read")
+  return phases
+
+
+def pipeline_config(config, model, *, split_sources: str = "train", batch_size: int, sources=None,
+                    where: str = "data.sources"):
+  """The data.PipelineConfig of `config.data` for the modalities of `model`; `batch_size` rows per host.
+  `sources` (named `where` in errors) replaces data.sources, e.g. a data.curriculum phase's."""
   from modrwkv_jax.data import image as image_lib
   from modrwkv_jax.data import pipeline as pipe
   from modrwkv_jax.data.audio import WhisperFeatureConfig
   from modrwkv_jax.models import modrwkv
   check_packing(config)
   d = config.data
-  sources = d.sources if split_sources == "train" or d.eval_sources is None else d.eval_sources
+  if sources is None:
+    sources = d.sources if split_sources == "train" or d.eval_sources is None else d.eval_sources
   if not sources:
-    raise ValueError("data.sources is empty: the config names no training data")
+    raise ValueError(f"{where} is empty: the config names no training data")
   srcs = []
   for i, s in enumerate(sources):
     s = dict(s)
     unknown = sorted(set(s) - {"kind", "path", "weight", "options"})
     if unknown or "kind" not in s or "path" not in s:
-      raise ValueError(f"data.sources[{i}]: needs kind and path (optional weight, options); got keys {sorted(s)}")
+      raise ValueError(f"{where}[{i}]: needs kind and path (optional weight, options); got keys {sorted(s)}")
     srcs.append(pipe.SourceConfig(s["kind"], _data_path(config, s["path"]), float(s.get("weight", 1.0)),
                                   _data_options(config, dict(s.get("options") or {}))))
   names = [n for n, _ in model.modalities]

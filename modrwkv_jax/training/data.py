@@ -5,7 +5,8 @@ Iterator state is `{"epoch": e, "next_index": i}`: the pipeline is random access
 (seed, epoch), every host yields the same number of batches, so the state is the same on every host and
 restoring it (in a new process, on another number of devices) continues with exactly the next batch.
 With `data.packing` the same holds: each packing window is planned identically on every host, and i
-indexes the windows' batch slots (data/pipeline.py, "Sequence packing").
+indexes the windows' batch slots (data/pipeline.py, "Sequence packing"). A `data.curriculum` adds the
+phase to the state (CurriculumIterator).
 """
 
 from __future__ import annotations
@@ -121,6 +122,53 @@ class EpochIterator:
     self._open(int(state["epoch"]), int(state["next_index"]))
 
 
+class CurriculumIterator:
+  """data.curriculum's phases, then data.sources: the iterator of the phase that training step
+  `step + 1` belongs to (phase k covers the steps after the first n_0 + ... + n_{k-1}, for n_k steps).
+
+  State `{"phase": k, "epoch": e, "next_index": i}`: the phase's own EpochIterator state (each phase
+  starts at its epoch 0). A state without "phase" (a run that had no curriculum) continues the phase
+  of the step it resumes at, from that state.
+  """
+
+  def __init__(self, phases: list[tuple[int | None, pipe.PipelineConfig]], split: str, seed: int,
+               start_step: int = 0):
+    self.ends = list(np.cumsum([n for n, _ in phases[:-1]])) + [None]  # the last phase never ends
+    self.configs = [c for _, c in phases]
+    self.split, self.seed = split, seed
+    self.step, self.phase = int(start_step), self._phase_of(int(start_step))
+    self.iterators = [EpochIterator(c, split, seed) for c in self.configs]
+
+  def _phase_of(self, step: int) -> int:
+    return next(k for k, end in enumerate(self.ends) if end is None or step < end)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    self.phase = self._phase_of(self.step)
+    batch = next(self.iterators[self.phase])
+    self.step += 1
+    return batch
+
+  @property
+  def skipped(self) -> int:
+    return sum(it.skipped for it in self.iterators)
+
+  def get_state(self) -> dict:
+    phase = self._phase_of(self.step)  # the phase of the next batch
+    state = self.iterators[phase].get_state() if phase == self.phase else {"epoch": 0, "next_index": 0}
+    return {"phase": phase, **state}
+
+  def set_state(self, state: Mapping) -> None:
+    phase = int(state.get("phase", self._phase_of(self.step)))
+    if not 0 <= phase < len(self.iterators):
+      raise ValueError(f"data iterator state {dict(state)!r}: phase {phase} does not exist; this config has "
+                       f"{len(self.iterators) - 1} data.curriculum phase(s)")
+    self.phase = phase
+    self.iterators[phase].set_state(state)
+
+
 def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, sharding.logical_to_mesh_axes(("batch",)))
 
@@ -154,11 +202,19 @@ def check_batch(config, mesh) -> tuple[int, int]:
   return B // procs, B // A
 
 
-def make_iterators(config, model, mesh, *, seed: int):
-  """(train iterator, eval pipeline config or None) for this host."""
+def make_iterators(config, model, mesh, *, seed: int, start_step: int = 0):
+  """(train iterator, eval pipeline config or None) for this host; with a data.curriculum the train
+  iterator is a CurriculumIterator positioned at `start_step` (the step the run starts from)."""
   per_host, _ = check_batch(config, mesh)
   train_cfg = config_lib.pipeline_config(config, model, batch_size=per_host)
-  train = EpochIterator(train_cfg, config.data.train_split, seed)
+  phases = config_lib.curriculum(config)
+  if phases:
+    configs = [(n, config_lib.pipeline_config(config, model, batch_size=per_host, sources=sources,
+                                              where=f"data.curriculum[{k}].sources"))
+               for k, (n, sources) in enumerate(phases)]
+    train = CurriculumIterator(configs + [(None, train_cfg)], config.data.train_split, seed, start_step)
+  else:
+    train = EpochIterator(train_cfg, config.data.train_split, seed)
   eval_cfg = None
   if config.train.eval_every:
     eval_cfg = config_lib.pipeline_config(config, model, split_sources="eval", batch_size=per_host)

@@ -267,7 +267,7 @@ def train(config, workdir: str, *, config_file_diff: Mapping | None = None) -> d
 
   # ---- data --------------------------------------------------------------------------------------
   data_lib.prepare(config)
-  train_it, eval_cfg = data_lib.make_iterators(config, model, mesh, seed=config.seed)
+  train_it, eval_cfg = data_lib.make_iterators(config, model, mesh, seed=config.seed, start_step=start)
   if data_state is not None:
     train_it.set_state(data_state)
 
@@ -284,6 +284,10 @@ def train(config, workdir: str, *, config_file_diff: Mapping | None = None) -> d
       print(f"    {part:<22s} {t:>14,d}  trainable {n:>14,d}")
     print(f"  batch {config.train.batch_size} (global) = {config.train.grad_accum} × {micro}; {per_host_batch} rows "
           f"per host; steps {start} -> {config.train.steps}; state: {source}")
+    first = 0
+    for k, (n, sources) in enumerate(config_lib.curriculum(config)):
+      print(f"  data.curriculum[{k}]: steps {first} -> {first + n} read {len(sources)} source(s); data.sources after")
+      first += n
     if config_file_diff:
       print("  overrides: " + ", ".join(f"{k}={b!r}" for k, (a, b) in config_file_diff.items()))
 
