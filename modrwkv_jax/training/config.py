@@ -22,9 +22,9 @@ The schema (`base_config`), section by section:
                         encoder_options, train_encoder, projector: {kind, compressor, hidden_mult}}}.
   model.max_length, model.forecast_horizon
   model.peft           method None (no adapters) or "bone" | "bat" | "lora", r, alpha, lora_init, targets.
-  data                 sources (list of {kind, path, weight, options}), the per-modality transforms, the
-                       pipeline settings, and `builder` ("tiny" | "demo" | None: offline data built on
-                       first use into `cache_dir`).
+  data                 sources (list of {kind, path, weight, options}), curriculum (phases {steps, sources}
+                       read before `sources`), the per-modality transforms, the pipeline settings, and
+                       `builder` ("tiny" | "demo" | None: offline data built on first use into `cache_dir`).
   train                steps, batch_size (global), grad_accum, trainable groups/regexes, logging,
                        evaluation, checkpointing, guard rails, profiling. Parameters and optimizer
                        state are float32; the compute dtype is model.rwkv.dtype and each encoder's dtype

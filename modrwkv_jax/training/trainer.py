@@ -286,8 +286,10 @@ def train(config, workdir: str, *, config_file_diff: Mapping | None = None) -> d
           f"per host; steps {start} -> {config.train.steps}; state: {source}")
     first = 0
     for k, (n, sources) in enumerate(config_lib.curriculum(config)):
-      print(f"  data.curriculum[{k}]: steps {first} -> {first + n} read {len(sources)} source(s); data.sources after")
+      print(f"  data.curriculum[{k}]: {len(sources)} source(s) for steps {first} -> {first + n}")
       first += n
+    if first:
+      print(f"  data.sources: {len(config.data.sources)} source(s) for steps {first} -> {config.train.steps}")
     if config_file_diff:
       print("  overrides: " + ", ".join(f"{k}={b!r}" for k, (a, b) in config_file_diff.items()))
 
