@@ -134,10 +134,8 @@ class CurriculumIterator:
   def __init__(self, phases: list[tuple[int | None, pipe.PipelineConfig]], split: str, seed: int,
                start_step: int = 0):
     self.ends = list(np.cumsum([n for n, _ in phases[:-1]])) + [None]  # the last phase never ends
-    self.configs = [c for _, c in phases]
-    self.split, self.seed = split, seed
-    self.step, self.phase = int(start_step), self._phase_of(int(start_step))
-    self.iterators = [EpochIterator(c, split, seed) for c in self.configs]
+    self.iterators = [EpochIterator(c, split, seed) for _, c in phases]  # each opens on its first batch
+    self.step = int(start_step)
 
   def _phase_of(self, step: int) -> int:
     return next(k for k, end in enumerate(self.ends) if end is None or step < end)
@@ -146,8 +144,7 @@ class CurriculumIterator:
     return self
 
   def __next__(self) -> dict:
-    self.phase = self._phase_of(self.step)
-    batch = next(self.iterators[self.phase])
+    batch = next(self.iterators[self._phase_of(self.step)])
     self.step += 1
     return batch
 
@@ -156,16 +153,14 @@ class CurriculumIterator:
     return sum(it.skipped for it in self.iterators)
 
   def get_state(self) -> dict:
-    phase = self._phase_of(self.step)  # the phase of the next batch
-    state = self.iterators[phase].get_state() if phase == self.phase else {"epoch": 0, "next_index": 0}
-    return {"phase": phase, **state}
+    phase = self._phase_of(self.step)  # the phase of the next batch (epoch 0, index 0 before its first)
+    return {"phase": phase, **self.iterators[phase].get_state()}
 
   def set_state(self, state: Mapping) -> None:
     phase = int(state.get("phase", self._phase_of(self.step)))
     if not 0 <= phase < len(self.iterators):
       raise ValueError(f"data iterator state {dict(state)!r}: phase {phase} does not exist; this config has "
                        f"{len(self.iterators) - 1} data.curriculum phase(s)")
-    self.phase = phase
     self.iterators[phase].set_state(state)
 
 
