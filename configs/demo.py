@@ -26,8 +26,8 @@ questions in text, and the co2 and El Niño monthly series. Every source has a t
 Cost on a 2-core CPU: the 65,536-word head and softmax run at the answer positions only
 (train.label_capacity: at most 18 labels per row in this mixture; a longer row is an error), and one
 2-s Whisper-base pass runs for each row of every batch (the batch has a fixed audio shape, with or without
-audio). Sequences are kept short (8 image and 9 audio
-tokens) and every matmul runs in bfloat16 (float32 parameters and optimizer state).
+audio). Sequences are kept short (8 image and 9 audio tokens) and every matmul runs in bfloat16
+(float32 parameters and optimizer state).
 
 `init.encoder_hf.audio` must exist before train.py starts: `make demo` (or the `data` command above)
 joins it; with another data.cache_dir, set init.encoder_hf.audio to match.
@@ -89,7 +89,7 @@ def get_config():
   ]
   # Image reading first: the first 60 steps see digits only. A from-scratch LM on the whole mixture answers
   # every digit with the prior ("two"); 60 steps of one image task teach it to read image tokens, and the
-  # mixture keeps that (digits 0.08 -> 0.61, tri-modal gap 0.14 -> 0.02 in a 450-step run).
+  # mixture keeps that (make demo: digits 0.078 without it, 0.644 with it; README's demo table).
   c.data.curriculum = [dict(steps=60, sources=[dict(kind="llava", path="{cache}/demo/digits/{split}.json")])]
   c.data.train_split = "train"
   c.data.eval_split = "validation"
