@@ -189,9 +189,9 @@ def test_timeseries_recipe():
 def test_demo_builds_offline_and_is_small():
   c = _load("demo.py")
   assert c.data.builder == "demo" and all(s["path"].startswith("{cache}/demo/") for s in c.data.sources)
-  assert (c.train.batch_size, c.train.steps) == (16, 450)
-  # Digits alone for the first 60 steps (reading images), then the mixture.
-  assert [(n, [s["path"] for s in sources]) for n, sources in C.curriculum(c)] == [(60, ["{cache}/demo/digits/{split}.json"])]
+  assert (c.train.batch_size, c.train.steps) == (16, 520)
+  # Digits alone for the first 120 steps (reading images), then the mixture.
+  assert [(n, [s["path"] for s in sources]) for n, sources in C.curriculum(c)] == [(120, ["{cache}/demo/digits/{split}.json"])]
   model = C.model_config(c)
   assert (model.rwkv.n_layer, model.rwkv.n_embd, model.rwkv.head_size) == (6, 128, 32)
   assert [name for name, _ in model.modalities] == ["image", "audio", "series"]
