@@ -25,6 +25,7 @@ Params: {"rwkv": ..., "encoders": {m: ...}, "projectors": {m: ...}}.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import os
 from collections.abc import Mapping
@@ -416,15 +417,20 @@ def _init_all(config: ModRWKVConfig, key: jax.Array, peft_config=None, skip=()) 
   return params
 
 
+@functools.lru_cache(maxsize=16)
+def _abstract_all(config: ModRWKVConfig, peft_config=None, skip: tuple[str, ...] = ()) -> dict:
+  """jax.ShapeDtypeStruct of every leaf of `_init_all(config, key, peft_config, skip)`: one trace of the
+  init per arguments, however often a setup asks. Callers copy before handing a tree out."""
+  return jax.eval_shape(lambda k: _init_all(config, k, peft_config, skip), jax.random.key(0))
+
+
 def param_logical_axes(config: ModRWKVConfig, peft_config=None) -> dict:
   """The logical axis names (PartitionSpecs of names from `modrwkv_jax.sharding`) of every leaf of
   `init_params(config, key, peft_config)`: RWKV-7, each encoder, each projector, the forecasting
   head and the PEFT adapters."""
   rwkv_axes = rwkv7.param_logical_axes(config.rwkv)
   if peft_config is not None:
-    shapes = jax.eval_shape(lambda k: _init_all(config, k, peft_config, skip=_encoder_skips(config)),
-                            jax.random.key(0))
-    rwkv_axes = peft.logical_axes(shapes["rwkv"], rwkv_axes)
+    rwkv_axes = peft.logical_axes(_abstract_all(config, peft_config, _encoder_skips(config))["rwkv"], rwkv_axes)
   axes = {"rwkv": rwkv_axes, "encoders": {}, "projectors": {}}
   for name, m in config.modalities:
     axes["encoders"][name] = _encoder_module(m).param_logical_axes(m.encoder_config)
@@ -441,7 +447,7 @@ def _encoder_skips(config: ModRWKVConfig) -> tuple[str, ...]:
 def abstract_params(config: ModRWKVConfig, peft_config=None, *, mesh=None):
   """jax.ShapeDtypeStruct of every leaf of `init_params(config, key, peft_config)` (with its sharding
   on `mesh` when given), computing nothing."""
-  shapes = jax.eval_shape(lambda k: _init_all(config, k, peft_config), jax.random.key(0))
+  shapes = jax.tree.map(lambda s: s, _abstract_all(config, peft_config))  # a copy of the cached tree
   if mesh is None:
     return shapes
   shardings = sharding.logical_to_mesh(param_logical_axes(config, peft_config), mesh)
@@ -458,8 +464,7 @@ def _init_fresh(config: ModRWKVConfig, key: jax.Array, peft_config, skip, mesh) 
   fn = lambda k: _init_all(config, k, peft_config, skip)
   if mesh is None:
     return jax.jit(fn)(key)
-  shapes = jax.eval_shape(fn, key)
-  axes = _like(param_logical_axes(config, peft_config), shapes)
+  axes = _like(param_logical_axes(config, peft_config), _abstract_all(config, peft_config, skip))
   return jax.jit(fn, out_shardings=sharding.logical_to_mesh(axes, mesh))(key)
 
 

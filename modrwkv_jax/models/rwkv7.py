@@ -23,6 +23,7 @@ Everything else (projections, the value residual v_first of layer 0, ln_x, the b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -527,15 +528,21 @@ def _init_boxed(config: RWKV7Config, key):
   return variables["params"]
 
 
+@functools.lru_cache(maxsize=16)
+def _abstract_boxed(config: RWKV7Config):
+  """The boxed (logical axes + ShapeDtypeStruct) parameters: one trace of the init per config, shared by
+  `param_logical_axes` and `abstract_params` (a model's setup asks for both, several times)."""
+  return jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0)))
+
+
 def param_logical_axes(config: RWKV7Config) -> dict:
   """The logical axis names of every parameter, a tree shaped like the params (PartitionSpecs)."""
-  boxed = jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0)))
-  return nn.get_partition_spec(boxed)
+  return nn.get_partition_spec(_abstract_boxed(config))  # a new tree: the cached one is never handed out
 
 
 def abstract_params(config: RWKV7Config, mesh=None) -> dict:
   """jax.ShapeDtypeStruct per parameter (with its sharding on `mesh` when given); computes nothing."""
-  shapes = nn.meta.unbox(jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0))))
+  shapes = nn.meta.unbox(_abstract_boxed(config))
   if mesh is None:
     return shapes
   shardings = sharding.logical_to_mesh(param_logical_axes(config), mesh)
