@@ -418,9 +418,10 @@ def _init_all(config: ModRWKVConfig, key: jax.Array, peft_config=None, skip=()) 
 
 
 @functools.lru_cache(maxsize=16)
-def _abstract_all(config: ModRWKVConfig, peft_config=None, skip: tuple[str, ...] = ()) -> dict:
+def _abstract_all(config: ModRWKVConfig, peft_config, skip: tuple[str, ...]) -> dict:
   """jax.ShapeDtypeStruct of every leaf of `_init_all(config, key, peft_config, skip)`: one trace of the
-  init per arguments, however often a setup asks. Callers copy before handing a tree out."""
+  init per arguments, however often a setup asks (every argument positional: lru_cache keys on the call's
+  form). Callers copy before handing a tree out."""
   return jax.eval_shape(lambda k: _init_all(config, k, peft_config, skip), jax.random.key(0))
 
 
@@ -430,7 +431,7 @@ def param_logical_axes(config: ModRWKVConfig, peft_config=None) -> dict:
   head and the PEFT adapters."""
   rwkv_axes = rwkv7.param_logical_axes(config.rwkv)
   if peft_config is not None:
-    rwkv_axes = peft.logical_axes(_abstract_all(config, peft_config, _encoder_skips(config))["rwkv"], rwkv_axes)
+    rwkv_axes = peft.logical_axes(_abstract_all(config, peft_config, ())["rwkv"], rwkv_axes)
   axes = {"rwkv": rwkv_axes, "encoders": {}, "projectors": {}}
   for name, m in config.modalities:
     axes["encoders"][name] = _encoder_module(m).param_logical_axes(m.encoder_config)
@@ -440,14 +441,10 @@ def param_logical_axes(config: ModRWKVConfig, peft_config=None) -> dict:
   return axes
 
 
-def _encoder_skips(config: ModRWKVConfig) -> tuple[str, ...]:
-  return tuple(f"encoders/{name}" for name, _ in config.modalities)
-
-
 def abstract_params(config: ModRWKVConfig, peft_config=None, *, mesh=None):
   """jax.ShapeDtypeStruct of every leaf of `init_params(config, key, peft_config)` (with its sharding
   on `mesh` when given), computing nothing."""
-  shapes = jax.tree.map(lambda s: s, _abstract_all(config, peft_config))  # a copy of the cached tree
+  shapes = jax.tree.map(lambda s: s, _abstract_all(config, peft_config, ()))  # a copy of the cached tree
   if mesh is None:
     return shapes
   shardings = sharding.logical_to_mesh(param_logical_axes(config, peft_config), mesh)
