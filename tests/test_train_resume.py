@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 
-from tests.train_helpers import ROOT, final_params, losses, run, shared, train_cmd, wait_for_step  # noqa: F401
+from tests.train_helpers import (ROOT, final_params, finished_checkpoints, losses, run, shared,  # noqa: F401
+                                 train_cmd, wait_for_checkpoint, wait_for_step)
 
 
 def test_sigkill_and_sigterm_resume_bit_identically(shared, tmp_path):
@@ -21,15 +22,20 @@ def test_sigkill_and_sigterm_resume_bit_identically(shared, tmp_path):
   assert sorted(want) == [1, 2, 3, 4, 5, 6] and want[6] < want[1]
   want_params = final_params(ref, 6)
 
-  # SIGKILL once step 3 is logged (the checkpoint of step 2 is finished; step 4's is not written yet).
+  # SIGKILL once step 3 is logged and the checkpoint of step 2 is finished (orbax saves asynchronously: on a
+  # busy machine the rename that finishes it can come after step 3's log line). Step 4's may be finished too.
   killed = tmp_path / "killed"
   proc = subprocess.Popen(train_cmd(shared, killed), env=shared["env"], cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   wait_for_step(killed, 3, proc)
+  wait_for_checkpoint(killed, 2, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+  latest = finished_checkpoints(killed)[-1]
+  assert latest in (2, 4)
   resumed = run(train_cmd(shared, killed), shared["env"])
-  assert "resumed from" in resumed.stdout
+  assert f"resumed from {killed / 'checkpoints'}/{latest}" in resumed.stdout, resumed.stdout[-2000:]
   assert losses(killed) == want  # every step, bit for bit (the rows after the checkpoint are rewritten)
   got = final_params(killed, 6)
   assert got.keys() == want_params.keys()

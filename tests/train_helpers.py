@@ -64,3 +64,23 @@ def wait_for_step(workdir, step, proc, timeout=600):
       return
     time.sleep(0.2)
   raise AssertionError(f"no step {step} after {timeout}s")
+
+
+def wait_for_checkpoint(workdir, step, proc, timeout=600):
+  """Until checkpoint `step` is finished: orbax saves asynchronously into `<step>.orbax-checkpoint-tmp*` and
+  renames it to `<step>` when it is complete, which may be after later steps are logged."""
+  path = os.path.join(workdir, "checkpoints", str(step))
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if proc.poll() is not None:
+      raise AssertionError(f"the run ended (rc {proc.returncode}) before checkpoint {step} was finished: "
+                           f"{proc.stderr.read()[-3000:]}")
+    if os.path.isdir(path):
+      return
+    time.sleep(0.02)
+  raise AssertionError(f"no finished checkpoint {step} after {timeout}s")
+
+
+def finished_checkpoints(workdir):
+  folder = os.path.join(workdir, "checkpoints")
+  return sorted(int(s) for s in os.listdir(folder) if s.isdigit() and os.path.isdir(os.path.join(folder, s)))
