@@ -106,20 +106,29 @@ def _stream(config, params, logits, state, key, stop_token, max_new_tokens, samp
   return out, state
 
 
-_prefill = jax.jit(rwkv7.forward, static_argnums=0)
+_forward = jax.jit(rwkv7.forward, static_argnums=0)
 
 
-def _last_real_logits(logits, mask):
-  """logits float32[B, T, V] -> float32[B, V] at each row's last real position. Padding leaves the
-  state untouched wherever it is (left, right or inside), so each row continues from its own last token;
-  a row without any real token continues from its incoming state's last logits slot (position T − 1)."""
+def _last_real(x, mask):
+  """x float[B, T, ...] -> float[B, ...] at each row's last real position. Padding leaves the state
+  untouched wherever it is (left, right or inside), so each row continues from its own last token; a row
+  without any real token continues from its incoming state's last slot (position T − 1)."""
   if mask is None:
-    return logits[:, -1]
+    return x[:, -1]
   mask = jnp.asarray(mask, bool)
   t = jnp.arange(mask.shape[1])
   last = jnp.max(jnp.where(mask, t, -1), axis=1)
   last = jnp.where(last < 0, mask.shape[1] - 1, last)
-  return jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
+  return jnp.take_along_axis(x, last.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _prefill(config, params, prompt, state, embeddings=None, mask=None):
+  """Reads a prompt: (logits float32[B, V] at each row's last real position, RWKV7State). The V-word head
+  runs at that one position per row, not at all T (a [B, T, V] float32 array: 256 MiB for 16 × 64 tokens
+  at V = 65,536)."""
+  hidden, state = rwkv7.forward(config, params, prompt, state, embeddings=embeddings, mask=mask, hidden=True)
+  return rwkv7.head(config, params, _last_real(hidden, mask)), state
 
 
 def _check_settings(max_new_tokens, temperature, top_p, top_k, presence_penalty, frequency_penalty):
@@ -165,10 +174,9 @@ def generate(config: rwkv7.RWKV7Config, params, prompt=None, *, embeddings=None,
   if prompt is not None:
     rwkv7.check_tokens(config, prompt, "generate: prompt")  # the boundary: the jitted model does no value checks
     prompt = jnp.asarray(prompt, jnp.int32)
-  logits, state = _prefill(config, params, prompt, state, embeddings=embeddings, mask=mask)
-  last = _last_real_logits(logits, mask)
+  last, state = _prefill(config, params, prompt, state, embeddings=embeddings, mask=mask)
   if max_new_tokens == 0:  # the prompt is absorbed into the state; nothing is generated
-    return [[] for _ in range(logits.shape[0])], state
+    return [[] for _ in range(last.shape[0])], state
   sampling = (float(temperature), float(top_p), int(top_k), float(presence_penalty), float(frequency_penalty))
   stop = -1 if stop_token is None else stop_token
   if callback is None:
@@ -202,15 +210,15 @@ def score(config: rwkv7.RWKV7Config, params, prompt=None, candidates=(), *, embe
     prompt = jnp.asarray([prompt], jnp.int32)
   for c in candidates:
     rwkv7.check_tokens(config, np.asarray(c), "score: candidate")
-  logits, state = _prefill(config, params, prompt, state, embeddings=embeddings)
-  first = jax.nn.log_softmax(logits[0, -1])
+  last, state = _prefill(config, params, prompt, state, embeddings=embeddings)
+  first = jax.nn.log_softmax(last[0])
   longest = max(len(c) for c in candidates)
   ids = np.zeros((len(candidates), longest), np.int32)
   mask = np.zeros((len(candidates), longest), bool)
   for i, c in enumerate(candidates):
     ids[i, :len(c)], mask[i, :len(c)] = c, True
   batch_state = jax.tree.map(lambda x: jnp.repeat(x, len(candidates), axis=1), state)
-  rest, _ = _prefill(config, params, jnp.asarray(ids), batch_state, mask=jnp.asarray(mask))
+  rest, _ = _forward(config, params, jnp.asarray(ids), batch_state, mask=jnp.asarray(mask))  # every position
   logp = jax.nn.log_softmax(rest[:, :-1], axis=-1)
   nxt = np.asarray(jnp.take_along_axis(logp, jnp.asarray(ids[:, 1:, None]), axis=-1)[..., 0])
   total = np.asarray(first)[ids[:, 0]].astype(np.float64) + np.where(mask[:, 1:], nxt, 0.0).sum(-1)

@@ -103,3 +103,22 @@ def test_sampling_settings_are_checked_and_zero_new_tokens_returns_the_prompt_st
   _, want = rwkv7.forward(CONFIG, params, jnp.asarray([prompt]))
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(want)):
     assert rel_rms_err(a, b) < 1e-5
+
+
+def test_prefill_runs_the_head_at_each_rows_last_real_position_only(params):
+  """`_prefill` = forward's logits at each row's last real position (padding anywhere), and no [B, T, V]
+  logits exist in its program (at V = 65,536 they are 256 KiB per prompt token)."""
+  V, T = CONFIG.vocab_size, 8
+  tokens = np.asarray([[3, 14, 15, 9, 26, 53, 5, 8]] * 3, np.int32)
+  mask = np.ones((3, T), bool)
+  mask[0, 5:] = False  # right padding: last real position 4
+  mask[1, :6] = False  # left padding: 7
+  mask[2, [2, 3, 7]] = False  # inside and at the end: 6
+  last, state = gen._prefill(CONFIG, params, jnp.asarray(tokens), None, mask=jnp.asarray(mask))
+  logits, want_state = rwkv7.forward(CONFIG, params, jnp.asarray(tokens), mask=jnp.asarray(mask))
+  want = np.asarray(logits)[np.arange(3), [4, 7, 6]]
+  assert last.shape == (3, V) and rel_rms_err(last, want) < 1e-5
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(want_state)):
+    assert rel_rms_err(a, b) < 1e-5
+  program = gen._prefill.lower(CONFIG, params, jnp.asarray(tokens), None, mask=jnp.asarray(mask)).as_text()
+  assert f"3x{V}xf32" in program and f"3x{T}x{V}x" not in program
