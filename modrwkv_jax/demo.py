@@ -10,7 +10,8 @@ each through `stage`, which records the command's wall time in `runs/demo/stages
 `report` computes every number from the files the stages wrote, not from another forward pass:
 runs/demo/eval/predictions.jsonl (one row per test question: the decoded answer or the forecast, the
 reference, the prompt), runs/demo/metrics.jsonl (the training curve) and stages.json, and writes
-  runs/demo/metrics.json   shapes_vqa.exact_match (+ per question type), digits.accuracy, spoken_digits.wer,
+  runs/demo/metrics.json   shapes_vqa.exact_match (+ per question type), digits.accuracy, spoken_digits.wer
+                           (+ the accuracy of each word position),
                            series.<co2|elnino>.{mse, seasonal_naive_mse}, trimodal.{accuracy, text_accuracy},
                            wall_s per stage, and the issue's targets with pass / fail. Accuracies and WER are
                            fractions (eval.py prints percentages); MSE is over z-normalised values (mean and
@@ -166,7 +167,10 @@ def metrics_from_predictions(rows: Sequence[Mapping], config) -> dict:
     rs = by_part["spoken_digits"]
     out["spoken_digits"] = {"wer": float(eval_metrics.wer([r["reference"] for r in rs], [r["output"] for r in rs],
                                                           normalize=True)),
-                            "exact_match": _exact(rs), "n": len(rs)}
+                            "exact_match": _exact(rs), "n": len(rs),
+                            # which words are wrong: the first digit of a clip, or the ones after it
+                            "per_position": eval_metrics.word_position_accuracy(
+                                [r["reference"] for r in rs], [r["output"] for r in rs], normalize=True)}
   series = {}
   for name in SERIES:
     rs = by_part[name]
@@ -247,6 +251,9 @@ def _table(metrics: Mapping, targets: Mapping) -> list[tuple[str, str, str, str]
     add(f"shapes_vqa.per_type.{kind}.exact_match")
   add("digits.accuracy")
   add("spoken_digits.wer")
+  for i, _ in enumerate(_get(metrics, "spoken_digits.per_position") or ()):
+    value = metrics["spoken_digits"]["per_position"][i]
+    rows.append((f"spoken_digits.word_{i + 1}.accuracy", f"{value['accuracy']:.3f}", "", ""))
   for name in SERIES:
     add(f"series.{name}.mse", "{:.4f}")
     add(f"series.{name}.seasonal_naive_mse", "{:.4f}")

@@ -136,6 +136,10 @@ def test_metrics_are_computed_from_the_predictions(run):
   spoken = part("spoken_digits")
   assert m["spoken_digits"]["wer"] == pytest.approx(
       eval_metrics.wer([r["reference"] for r in spoken], [r["output"] for r in spoken], normalize=True))
+  first = [eval_metrics.english_normalize(r["output"]).split()[:1] == eval_metrics.english_normalize(r["reference"]).split()[:1]
+           for r in spoken]
+  assert m["spoken_digits"]["per_position"][0] == {"position": 0, "accuracy": pytest.approx(np.mean(first)),
+                                                   "n": len(spoken)}
   # Rewrite the predictions as perfect answers (and the forecasts as the seasonal-naive ones): the report follows.
   path = os.path.join(work, "eval", "predictions.jsonl")
   original = open(path).read()
@@ -151,6 +155,8 @@ def test_metrics_are_computed_from_the_predictions(run):
   assert perfect["shapes_vqa"]["exact_match"] == perfect["digits"]["accuracy"] == 1.0
   assert perfect["trimodal"]["accuracy"] == perfect["trimodal"]["text_accuracy"] == 1.0
   assert perfect["spoken_digits"]["wer"] == 0.0
+  positions = perfect["spoken_digits"]["per_position"]
+  assert len(positions) >= 2 and all(p["accuracy"] == 1.0 for p in positions)  # strings of 2-5 digit words
   for name in ("co2", "elnino"):
     s = perfect["series"][name]
     assert s["mse"] == s["seasonal_naive_mse"] == m["series"][name]["seasonal_naive_mse"] > 0

@@ -426,3 +426,18 @@ def test_mse_mae_reject_bad_input():
     M.mae(np.zeros(2), np.zeros(2), np.zeros(2, bool))
   with pytest.raises(ValueError, match="does not broadcast"):
     M.mse(np.zeros((2, 2)), np.zeros((2, 2)), np.ones(3, bool))
+
+
+def test_word_position_accuracy_by_hand():
+  refs = ["one two three", "four five", "six seven eight nine"]
+  hyps = ["One, two four.", "four", "six eight seven nine ten"]
+  got = M.word_position_accuracy(refs, hyps, normalize=True)
+  # position 0: one/one, four/four, six/six -> 3/3; 1: two/two, five/- , seven/eight -> 1/3;
+  # 2: three/four, eight/seven -> 0/2; 3: nine/nine -> 1/1 (the extra "ten" is not a position of a reference).
+  assert got == [{"position": 0, "accuracy": 1.0, "n": 3}, {"position": 1, "accuracy": 1 / 3, "n": 3},
+                 {"position": 2, "accuracy": 0.0, "n": 2}, {"position": 3, "accuracy": 1.0, "n": 1}]
+  # Without normalisation "One," is not "one".
+  assert M.word_position_accuracy(refs, hyps)[0]["accuracy"] == 2 / 3
+  assert M.word_position_accuracy([], []) == []
+  with pytest.raises(ValueError):
+    M.word_position_accuracy(["a"], ["a", "b"])

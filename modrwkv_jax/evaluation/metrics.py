@@ -423,6 +423,32 @@ def wer(references: Sequence[str], hypotheses: Sequence[str], *,
   return _corpus_rate([r.split() for r in references], [h.split() for h in hypotheses], "wer")
 
 
+def word_position_accuracy(references: Sequence[str], hypotheses: Sequence[str], *,
+                           normalize: bool | Callable[[str], str] = False) -> list[dict]:
+  """Accuracy of each word position, without alignment: for position i (0-based), over the pairs whose
+  reference has more than i words, the fraction whose hypothesis has the same word at position i.
+
+  Where WER says how many words are wrong, this says which: a model that hears the first word of a clip
+  and guesses the rest scores high at position 0 and near chance after it. A hypothesis that drops or
+  inserts a word is wrong from that position on (no alignment, unlike WER).
+
+  Returns:
+    [{"position": i, "accuracy": float, "n": pairs with a reference word at i}, ...] for i = 0 to the
+    longest reference's last position.
+  """
+  _check_pairs(references, hypotheses, "word_position_accuracy")
+  if normalize is True:
+    normalize = english_normalize
+  if normalize:
+    references, hypotheses = [normalize(r) for r in references], [normalize(h) for h in hypotheses]
+  pairs = [(r.split(), h.split()) for r, h in zip(references, hypotheses)]
+  out = []
+  for i in range(max((len(r) for r, _ in pairs), default=0)):
+    hits = [i < len(h) and h[i] == r[i] for r, h in pairs if i < len(r)]
+    out.append({"position": i, "accuracy": sum(hits) / len(hits), "n": len(hits)})
+  return out
+
+
 def cer(references: Sequence[str], hypotheses: Sequence[str], *, remove_spaces: bool = True) -> float:
   """Corpus character error rate: Σ(S + D + I) / Σ(reference characters).
 
