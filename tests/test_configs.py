@@ -322,3 +322,15 @@ def test_root_paths_need_data_root():
   (source,) = C.pipeline_config(c, C.model_config(c), batch_size=2).sources
   assert source.path == "/datasets/LLaVA-CC3M-Pretrain-595K/chat.json"
   assert source.options["root"] == "/datasets/LLaVA-CC3M-Pretrain-595K"
+
+
+def test_check_values_names_the_key_before_anything_compiles():
+  for path in CONFIG_FILES:
+    C.check_values(C.load_config_file(path))
+  config = _load("tiny.py")
+  for key, bad in (("log_every", 0), ("steps", -1), ("checkpoint_every", -5), ("keep_checkpoints", 0),
+                   ("max_skipped_in_a_row", 0), ("label_capacity", -1)):
+    with pytest.raises(ValueError, match=rf"train\.{key}={bad}: must be an integer >= "):
+      C.check_values(C.apply_overrides(config, [f"train.{key}={bad}"]))
+  for key in ("checkpoint_every", "eval_every", "label_capacity"):  # 0 means something for these
+    C.check_values(C.apply_overrides(config, [f"train.{key}=0"]))

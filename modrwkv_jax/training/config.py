@@ -114,7 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.eval_every = 0  # 0: no periodic validation
   c.train.eval_batches = 8
-  c.train.checkpoint_every = 500
+  c.train.checkpoint_every = 500  # 0: at the end and on a signal (SIGTERM / SIGINT) only
   c.train.keep_checkpoints = 3
   c.train.max_skipped_in_a_row = 10
   c.train.profile_steps = ()  # (first, last): a jax.profiler trace of these steps into workdir/profile
@@ -473,6 +473,25 @@ def _data_path(config, path: str) -> str:
 
 def _data_options(config, options: dict) -> dict:
   return {k: _data_path(config, v) if isinstance(v, str) else v for k, v in options.items()}
+
+
+# train.* counts: (key, least allowed value, what 0 means where 0 is allowed).
+_TRAIN_COUNTS = (("steps", 1, ""), ("batch_size", 1, ""), ("grad_accum", 1, ""), ("log_every", 1, ""),
+                 ("eval_every", 0, "no periodic validation"), ("eval_batches", 1, ""),
+                 ("checkpoint_every", 0, "a checkpoint at the end and on a signal only"), ("keep_checkpoints", 1, ""),
+                 ("max_skipped_in_a_row", 1, ""), ("label_capacity", 0, "the head at every position"))
+
+
+def check_values(config) -> None:
+  """The train.* counts are integers in range (before anything is compiled): a 0 where the trainer divides
+  by it would otherwise stop the run at its first step, after minutes of compilation."""
+  for key, least, zero in _TRAIN_COUNTS:
+    value = config.train.get(key)
+    if value is None and key == "label_capacity":  # a run config written before the key existed
+      continue
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      meaning = f" (0: {zero})" if zero else ""
+      raise ValueError(f"train.{key}={value!r}: must be an integer >= {least}{meaning}")
 
 
 def check_files(config) -> None:

@@ -238,6 +238,7 @@ def train(config, workdir: str, *, config_file_diff: Mapping | None = None) -> d
 
   t_start = time.perf_counter()
   primary = jax.process_index() == 0
+  config_lib.check_values(config)
   config_lib.check_files(config)
   os.makedirs(workdir, exist_ok=True)
   if primary:
@@ -356,7 +357,8 @@ def train(config, workdir: str, *, config_file_diff: Mapping | None = None) -> d
         ev = evaluate(eval_jit, state, eval_cfg, config, mesh)
         writer.write(step, ev)
         last.update(ev)
-      if step % config.train.checkpoint_every == 0 or step == config.train.steps:
+      every = config.train.checkpoint_every  # 0: at the end (and on a signal) only
+      if (every and step % every == 0) or step == config.train.steps:
         ckpt.save(mngr, step, state, train_it.get_state(), meta)
     if stop["signal"] is not None:
       ckpt.save(mngr, step, state, train_it.get_state(), meta, force=True)
