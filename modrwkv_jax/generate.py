@@ -128,7 +128,10 @@ def _prefill(config, params, prompt, state, embeddings=None, mask=None):
   runs at that one position per row, not at all T (a [B, T, V] float32 array: 256 MiB for 16 × 64 tokens
   at V = 65,536)."""
   hidden, state = rwkv7.forward(config, params, prompt, state, embeddings=embeddings, mask=mask, hidden=True)
-  return rwkv7.head(config, params, _last_real(hidden, mask)), state
+  last = _last_real(hidden, mask)
+  if last.shape[0] == 1:  # XLA:CPU multiplies a 1-row bfloat16 matrix by a slow path: the row goes in twice
+    return rwkv7.head(config, params, jnp.concatenate([last, last]))[:1], state
+  return rwkv7.head(config, params, last), state
 
 
 def _check_settings(max_new_tokens, temperature, top_p, top_k, presence_penalty, frequency_penalty):
