@@ -90,7 +90,7 @@ def get_config():
   # Image reading first: the first 120 steps see digits only. A from-scratch LM on the whole mixture answers
   # every digit with the prior ("two"); steps of one image task teach it to read image tokens, and the
   # mixture keeps that (make demo, README: digits 0.078 without a curriculum, 0.644 after 60 digit-only
-  # steps, 0.894 after these 120).
+  # steps, 0.889-0.894 after these 120).
   # Any second task in this phase, even the series with their own head, keeps the digits at the prior.
   c.data.curriculum = [dict(steps=120, sources=[dict(kind="llava", path="{cache}/demo/digits/{split}.json")])]
   c.data.train_split = "train"
