@@ -28,7 +28,6 @@ sys.path.insert(0, ROOT)
 
 from modrwkv_jax import generate as generate_lib  # noqa: E402
 from modrwkv_jax.evaluation import generation, runner, tasks  # noqa: E402
-from modrwkv_jax.models import rwkv7  # noqa: E402
 from modrwkv_jax.training import config as config_lib  # noqa: E402
 
 
@@ -94,12 +93,9 @@ def main(argv=None) -> dict:
   return result
 
 
-_forward = jax.jit(rwkv7.forward, static_argnums=0)
-
-
 def _prefill_every_position(config, params, prompt, state, embeddings=None, mask=None):
   """The prefill before the change: logits float32[B, T, V] at every position, then each row's last real one."""
-  logits, state = _forward(config, params, prompt, state, embeddings=embeddings, mask=mask)
+  logits, state = generate_lib._forward(config, params, prompt, state, embeddings=embeddings, mask=mask)
   return generate_lib._last_real(logits, mask), state
 
 

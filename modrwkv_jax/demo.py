@@ -251,9 +251,8 @@ def _table(metrics: Mapping, targets: Mapping) -> list[tuple[str, str, str, str]
     add(f"shapes_vqa.per_type.{kind}.exact_match")
   add("digits.accuracy")
   add("spoken_digits.wer")
-  for i, _ in enumerate(_get(metrics, "spoken_digits.per_position") or ()):
-    value = metrics["spoken_digits"]["per_position"][i]
-    rows.append((f"spoken_digits.word_{i + 1}.accuracy", f"{value['accuracy']:.3f}", "", ""))
+  for p in _get(metrics, "spoken_digits.per_position") or ():
+    rows.append((f"spoken_digits.word_{p['position'] + 1}.accuracy", f"{p['accuracy']:.3f}", "", ""))
   for name in SERIES:
     add(f"series.{name}.mse", "{:.4f}")
     add(f"series.{name}.seasonal_naive_mse", "{:.4f}")

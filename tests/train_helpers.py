@@ -54,31 +54,29 @@ def final_params(workdir, step):
           jax.tree_util.tree_leaves_with_path({"t": tree["trainable"], "f": tree["frozen"]})}
 
 
-def wait_for_step(workdir, step, proc, timeout=600):
-  path = os.path.join(workdir, "metrics.jsonl")
+def _wait_until(done, proc, what, timeout=600, period=0.05):
+  """Polls done() until it holds; fails when `proc` ends first or after `timeout` s, naming `what`."""
   t0 = time.time()
   while time.time() - t0 < timeout:
     if proc.poll() is not None:
-      raise AssertionError(f"the run ended (rc {proc.returncode}) before step {step}: {proc.stderr.read()[-3000:]}")
-    if os.path.exists(path) and any(json.loads(l).get("step", 0) >= step for l in open(path) if l.strip()):
+      raise AssertionError(f"the run ended (rc {proc.returncode}) before {what}: {proc.stderr.read()[-3000:]}")
+    if done():
       return
-    time.sleep(0.2)
-  raise AssertionError(f"no step {step} after {timeout}s")
+    time.sleep(period)
+  raise AssertionError(f"no {what} after {timeout}s")
+
+
+def wait_for_step(workdir, step, proc, timeout=600):
+  path = os.path.join(workdir, "metrics.jsonl")
+  _wait_until(lambda: os.path.exists(path) and any(json.loads(l).get("step", 0) >= step for l in open(path) if l.strip()),
+              proc, f"step {step}", timeout)
 
 
 def wait_for_checkpoint(workdir, step, proc, timeout=600):
   """Until checkpoint `step` is finished: orbax saves asynchronously into `<step>.orbax-checkpoint-tmp*` and
   renames it to `<step>` when it is complete, which may be after later steps are logged."""
   path = os.path.join(workdir, "checkpoints", str(step))
-  t0 = time.time()
-  while time.time() - t0 < timeout:
-    if proc.poll() is not None:
-      raise AssertionError(f"the run ended (rc {proc.returncode}) before checkpoint {step} was finished: "
-                           f"{proc.stderr.read()[-3000:]}")
-    if os.path.isdir(path):
-      return
-    time.sleep(0.02)
-  raise AssertionError(f"no finished checkpoint {step} after {timeout}s")
+  _wait_until(lambda: os.path.isdir(path), proc, f"finished checkpoint {step}", timeout, period=0.02)
 
 
 def finished_checkpoints(workdir):
